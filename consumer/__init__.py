@@ -1,0 +1,1 @@
+"""The Kafka -> PostgreSQL process: validates status events and stores them."""

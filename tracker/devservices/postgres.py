@@ -1,0 +1,120 @@
+"""A local PostgreSQL server from the system's binaries, for `bin/run` and tests.
+
+Written here rather than taken from pytest-postgresql because the same code
+must serve `bin/run` (not only pytest) and must start the server as the
+``postgres`` user when we are root (initdb and postgres refuse root), which
+pytest-postgresql's executor does not do.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from tracker.devservices.ports import free_port
+
+log = logging.getLogger("tracker.devservices.postgres")
+
+
+def pg_bindir() -> Path:
+    """Where initdb and pg_ctl are: `pg_config --bindir`, else Debian's layout."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+        bindir = Path(out.stdout.strip())
+        if (bindir / "initdb").exists():
+            return bindir
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(candidate, "initdb").exists():
+            return Path(candidate)
+    raise RuntimeError("PostgreSQL's server binaries (initdb, pg_ctl) were not found; install postgresql")
+
+
+class LocalPostgres:
+    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1 only."""
+
+    def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.data_dir = self.state_dir / "data"
+        self.log_file = self.state_dir / "postgres.log"
+        self.durable = durable
+        self.port: int | None = None
+        self._bindir = pg_bindir()
+        self._as_postgres = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        """The admin URL (database ``postgres``); callers create their own databases."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        kwargs = {}
+        if self._as_postgres:
+            # initdb and postgres refuse to run as root; hand the cluster to `postgres`.
+            kwargs = {"user": "postgres", "group": pwd.getpwnam("postgres").pw_gid}
+        result = subprocess.run(list(args), capture_output=True, text=True, **kwargs)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{Path(args[0]).name} failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return result
+
+    def _prepare_dirs(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.touch(exist_ok=True)
+        if self._as_postgres:
+            pw = pwd.getpwnam("postgres")
+            # The postgres user must be able to reach the folder (tmp dirs are 0700).
+            os.chmod(self.state_dir, 0o755)
+            os.chown(self.state_dir, pw.pw_uid, pw.pw_gid)
+            os.chown(self.log_file, pw.pw_uid, pw.pw_gid)
+            for parent in self.state_dir.resolve().parents:
+                if not os.stat(parent).st_mode & 0o001:
+                    raise RuntimeError(f"{parent} is not searchable by others, so the postgres user cannot "
+                                       f"reach {self.state_dir}; chmod o+x it or choose another folder")
+
+    def start(self) -> "LocalPostgres":
+        self._prepare_dirs()
+        if not (self.data_dir / "PG_VERSION").exists():
+            log.info("initdb %s", self.data_dir)
+            args = [str(self._bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8", "--locale=C"]
+            if not self.durable:
+                args.append("--no-sync")
+            self._run(*args)
+        self.port = free_port()
+        self._pg_ctl_start()
+        log.info("PostgreSQL ready on 127.0.0.1:%s", self.port)
+        return self
+
+    def _pg_ctl_start(self) -> None:
+        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''",
+                   "-c max_connections=200"]
+        if not self.durable:
+            # Test clusters are thrown away; skipping fsync makes them several times faster.
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        result = self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                           "-o", " ".join(options), "-w", "-t", "60", "start", check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start: {result.stdout}{result.stderr}\n"
+                               f"log tail:\n{tail(self.log_file)}")
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
+                      "stop", check=False)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port (the failure tests use this)."""
+        self.stop()
+        self._pg_ctl_start()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,104 @@
+"""The one settings object. Read from the environment once, frozen, passed in.
+
+Nothing else in the project reads ``os.environ`` (the dev-services module only
+passes the environment through to the processes it starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Every environment variable the code reads, with its default. tests/ checks
+# docker-compose.yml against this table, so a typo there fails the build.
+ENVIRONMENT: dict[str, tuple[str, str | None]] = {
+    # field name: (environment variable, default)
+    "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", None),
+    "database_url": ("DATABASE_URL", None),
+    "topic": ("TRACKER_TOPIC", "tracker.events"),
+    "dlq_topic": ("TRACKER_DLQ_TOPIC", "tracker.events.dlq"),
+    "consumer_group": ("TRACKER_CONSUMER_GROUP", "tracker"),
+    "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "2000"),
+    "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
+    "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
+    "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
+    "api_host": ("TRACKER_API_HOST", "127.0.0.1"),
+    "api_port": ("TRACKER_API_PORT", "8080"),
+    "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
+    "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
+    "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
+    "db_pool_max": ("TRACKER_DB_POOL_MAX", "10"),
+    "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
+    "state_dir": ("TRACKER_STATE_DIR", ".tracker"),
+    "api_url": ("TRACKER_API_URL", "http://127.0.0.1:8080"),
+}
+
+_INT_FIELDS = {
+    "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
+    "api_port", "consumer_port", "db_pool_min", "db_pool_max",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str | None
+    database_url: str | None
+    topic: str
+    dlq_topic: str
+    consumer_group: str
+    batch_max_records: int
+    batch_timeout_ms: int
+    max_message_bytes: int
+    retry_max_seconds: int
+    api_host: str
+    api_port: int
+    consumer_host: str
+    consumer_port: int
+    db_pool_min: int
+    db_pool_max: int
+    log_level: str
+    state_dir: str
+    api_url: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, (var, default) in ENVIRONMENT.items():
+            raw = environ.get(var) or default
+            if field in _INT_FIELDS:
+                try:
+                    values[field] = int(raw)  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    raise SettingsError(f"{var} must be an integer, got {raw!r}") from None
+            else:
+                values[field] = raw
+        values.update(overrides)
+        return cls(**values)
+
+    def require_services(self) -> "Settings":
+        """Fail early, naming the variable, when a process needs both services."""
+        missing = [var for field, (var, _) in ENVIRONMENT.items()
+                   if field in ("kafka_bootstrap_servers", "database_url") and not getattr(self, field)]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} must be set (or use bin/run, which starts local ones)")
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict for the start-up log, passwords hidden."""
+        out = dataclasses.asdict(self)
+        if out["database_url"]:
+            out["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", out["database_url"])
+        return out
+
+    def as_environ(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {var: str(getattr(self, field)) for field, (var, _) in ENVIRONMENT.items()
+                if getattr(self, field) is not None}
