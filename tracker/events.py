@@ -1,0 +1,317 @@
+"""The event model: one function turns a Kafka message into an Event or a reason it can't.
+
+Three wire formats share the topic (see swagger/openapi.yaml); all become the
+same canonical ``Event``. The schemas live in the OpenAPI document only; this
+module validates with them and maps names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "swagger" / "openapi.yaml"
+
+# Namespace of derived event ids: uuid5(namespace, canonical JSON of the message).
+EVENT_ID_NAMESPACE = uuid.UUID("6f1d5a52-3c1e-4f0e-9a51-1d8e3b1f2c77")
+MAX_DEPTH = 32
+ERROR_STATUSES = frozenset({"error", "failed", "failure"})
+FORMATS = ("tracker", "payload_tracker", "status_api")
+
+# Reasons are a metric label and a dead-letter header: a fixed, small set.
+REASONS = (
+    "null_value", "too_large", "not_utf8", "not_json", "not_object", "too_deep",
+    "missing_field", "wrong_type", "too_long", "invalid_value", "conflicting_fields",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    trace_id: str
+    service: str
+    status: str
+    failed: bool
+    timestamp: datetime
+    format: str
+    trace_status: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    duration_ms: float | None = None
+    source: str | None = None
+    account: str | None = None
+    org_id: str | None = None
+    inventory_id: str | None = None
+    system_id: str | None = None
+    domain: str | None = None
+    domain_id: str | None = None
+    user: str | None = None
+    operation: str | None = None
+    path: str | None = None
+    message: str | None = None
+    errors: tuple[str, ...] = ()
+    exception: str | None = None
+    meta: dict | None = None
+    body: Any = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a message is not an event. ``reason`` is one of REASONS; ``detail`` is for people."""
+
+    reason: str
+    detail: str
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.invalid = Invalid(reason, detail)
+
+
+@lru_cache(maxsize=1)
+def spec() -> dict:
+    with open(SPEC_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@lru_cache(maxsize=None)
+def validator(schema_name: str) -> jsonschema.Draft4Validator:
+    """A validator for one of the spec's component schemas, refs resolved within the spec."""
+    document = {"$ref": f"#/components/schemas/{schema_name}", "components": spec()["components"]}
+    return jsonschema.Draft4Validator(document)
+
+
+@lru_cache(maxsize=1)
+def status_api_legacy_names() -> dict[str, str]:
+    return dict(spec()["components"]["schemas"]["StatusApiEvent"]["x-legacy-names"])
+
+
+def parse_message(value: bytes | None, *, max_bytes: int) -> Event | Invalid:
+    """Kafka message value -> Event, or Invalid with a reason and a sentence."""
+    try:
+        doc = _decode(value, max_bytes)
+        fmt = detect_format(doc)
+        return _normalise(doc, fmt)
+    except _Rejected as rejected:
+        return rejected.invalid
+
+
+def parse_document(doc: Any) -> Event | Invalid:
+    """An already-decoded JSON document -> Event or Invalid (the HTTP ingestion path)."""
+    try:
+        if not isinstance(doc, dict):
+            raise _Rejected("not_object", f"an event must be a JSON object, got {type(doc).__name__}")
+        if _depth(doc) > MAX_DEPTH:
+            raise _Rejected("too_deep", f"the event nests deeper than {MAX_DEPTH} levels")
+        doc = {k: v for k, v in doc.items() if v is not None}
+        return _normalise(doc, detect_format(doc))
+    except _Rejected as rejected:
+        return rejected.invalid
+
+
+def _decode(value: bytes | None, max_bytes: int) -> dict:
+    if value is None:
+        raise _Rejected("null_value", "the message has no value (null); an event is a JSON object")
+    if len(value) > max_bytes:
+        raise _Rejected("too_large", f"the message is {len(value)} bytes; the limit is {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Rejected("not_utf8", f"the message is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise _Rejected("not_json", f"the message is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _Rejected("not_object", f"an event must be a JSON object, got {type(doc).__name__}")
+    if _depth(doc) > MAX_DEPTH:
+        raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels")
+    # A null field means "not given" in both ancestors' producers.
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """Nesting depth, iteratively, stopping once past ``limit``."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        nxt = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        if not nxt:
+            break
+        depth += 1
+        level = nxt
+    return depth
+
+
+def detect_format(doc: dict) -> str:
+    if "service" in doc:
+        return "tracker" if "trace_id" in doc else "payload_tracker"
+    return "status_api"
+
+
+def _validate(doc: dict, schema_name: str) -> None:
+    errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (list(e.path), e.validator))
+    if not errors:
+        return
+    first = errors[0]
+    reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long",
+              "maxItems": "too_long"}.get(first.validator, "invalid_value")
+    detail = "; ".join(_describe(e) for e in errors[:10])
+    raise _Rejected(reason, f"not a valid {schema_name}: {detail}")
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.path) or "the event"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "pattern":
+        return f"{where}: {error.instance!r} is not allowed here"
+    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    return f"{where}: {message}"
+
+
+def _normalise(doc: dict, fmt: str) -> Event:
+    if fmt == "status_api":
+        doc = _rename_legacy(doc)
+        _validate(doc, "StatusApiEvent")
+        fields = _from_status_api(doc)
+    elif fmt == "payload_tracker":
+        _validate(doc, "PayloadTrackerMessage")
+        fields = _from_payload_tracker(doc)
+    else:
+        _validate(doc, "TrackerEvent")
+        fields = _from_tracker(doc)
+    fields["format"] = fmt
+    fields["failed"] = fields["status"] in ERROR_STATUSES
+    if not fields.get("event_id"):
+        fields["event_id"] = derive_event_id(doc)
+    return Event(**fields)
+
+
+def derive_event_id(doc: dict) -> str:
+    """Same content -> same id, so a redelivered message is the same event."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, canonical))
+
+
+def _rename_legacy(doc: dict) -> dict:
+    legacy = status_api_legacy_names()
+    out: dict = {}
+    given_as: dict[str, str] = {}
+    for key, value in doc.items():
+        name = legacy.get(key, key)
+        if name in out and out[name] != value:
+            old, new = sorted((given_as[name], key))
+            raise _Rejected("conflicting_fields",
+                            f"{old!r} and {new!r} both name {name!r} (one is its legacy name) "
+                            "but have different values; send one of them")
+        out[name] = value
+        given_as[name] = key
+    return out
+
+
+def parse_time(value: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Rejected("invalid_value",
+                        f"{field}: {value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)  # naive times are UTC, as in both ancestors
+    return parsed
+
+
+def _error_messages(errors: list | None) -> tuple[str, ...]:
+    out = []
+    for item in errors or ():
+        message = item["message"] if isinstance(item, dict) else item
+        if isinstance(message, dict):
+            # Status API errors are translated: prefer English, else the first language.
+            message = message.get("en") or next(iter(message.values()), "")
+        if message:
+            out.append(message)
+    return tuple(out)
+
+
+def _exception_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _from_tracker(doc: dict) -> dict:
+    return {
+        "event_id": doc.get("event_id"),
+        "trace_id": doc["trace_id"],
+        "service": doc["service"].lower(),
+        "status": doc["status"].lower(),
+        "timestamp": parse_time(doc["timestamp"], "timestamp"),
+        "trace_status": doc.get("trace_status", "").upper() or None,
+        "start_time": parse_time(doc["start_time"], "start_time") if "start_time" in doc else None,
+        "end_time": parse_time(doc["end_time"], "end_time") if "end_time" in doc else None,
+        "duration_ms": doc.get("duration_ms"),
+        "source": _lower(doc.get("source")),
+        **{k: doc.get(k) for k in ("account", "org_id", "inventory_id", "system_id", "domain", "domain_id",
+                                   "user", "operation", "path", "message", "meta", "body")},
+        "errors": _error_messages(doc.get("errors")),
+        "exception": _exception_text(doc.get("exception")),
+    }
+
+
+def _from_payload_tracker(doc: dict) -> dict:
+    return {
+        "event_id": None,
+        "trace_id": doc["request_id"],
+        "service": doc["service"].lower(),
+        "status": doc["status"].lower(),
+        "timestamp": parse_time(doc["date"], "date"),
+        "source": _lower(doc.get("source")),
+        **{k: doc.get(k) for k in ("account", "org_id", "inventory_id", "system_id")},
+        "message": doc.get("status_msg"),
+    }
+
+
+def _from_status_api(doc: dict) -> dict:
+    start = parse_time(doc["start_time"], "start_time") if "start_time" in doc else None
+    end = parse_time(doc["end_time"], "end_time") if "end_time" in doc else None
+    if start is None and end is None:
+        raise _Rejected("missing_field", "a Status API event needs end_time or start_time (its time)")
+    duration = doc.get("duration")
+    if duration is None and start is not None and end is not None:
+        duration = (end - start).total_seconds() * 1000
+    return {
+        "event_id": doc.get("trace_event_id"),
+        "trace_id": doc["trace_id"],
+        "service": doc["component"].lower(),
+        "status": "error" if doc["trace_event_status"].upper() == "FAILED" else "success",
+        # The event happened when the step ended; a step still running is dated by its start.
+        "timestamp": end or start,
+        "trace_status": doc.get("trace_status", "").upper() or None,
+        "start_time": start,
+        "end_time": end,
+        "duration_ms": duration,
+        **{k: doc.get(k) for k in ("domain", "domain_id", "user", "operation", "meta")},
+        "path": doc.get("s3_path"),
+        "body": doc.get("status_body"),
+        "errors": _error_messages(doc.get("errors")),
+        "exception": _exception_text(doc.get("exception")),
+    }
