@@ -49,10 +49,5 @@ def _jsonb_decode(data: bytes):
 
 
 async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
-        settings.database_url,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        init=kwargs.pop("init", init_connection),
-        **kwargs,
-    )
+    options = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max, "init": init_connection}
+    return await asyncpg.create_pool(settings.database_url, **{**options, **kwargs})

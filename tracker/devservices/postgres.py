@@ -85,6 +85,10 @@ class LocalPostgres:
             if not self.durable:
                 args.append("--no-sync")
             self._run(*args)
+        status = self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
+        if status.returncode == 0:
+            raise RuntimeError(f"a PostgreSQL server already runs on {self.data_dir} (is another `tracker up` "
+                               f"using {self.state_dir.parent}?); stop it first")
         self.port = free_port()
         self._pg_ctl_start()
         log.info("PostgreSQL ready on 127.0.0.1:%s", self.port)

@@ -1,0 +1,63 @@
+"""Wire the consumer process together: pool, Kafka clients, metrics server, the sink loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consumer.health import health_app
+from consumer.metrics import ConsumerMetrics
+from consumer.sink import Sink
+from consumer.store import prepare_connection
+from tracker.db import create_pool, init_connection
+from tracker.settings import Settings
+
+log = logging.getLogger("tracker.consumer")
+
+
+async def _init_connection(conn) -> None:
+    await init_connection(conn)
+    await prepare_connection(conn)
+
+
+async def run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    metrics = ConsumerMetrics()
+    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=2)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        # Offsets are committed by the sink only after the database commit.
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1024 * 1024),
+        fetch_max_bytes=max(settings.max_message_bytes * 4, 50 * 1024 * 1024),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+                                enable_idempotence=True, max_request_size=settings.max_message_bytes + 64 * 1024)
+    sink = Sink(settings, consumer, producer, pool, metrics, stop)
+    runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()
+        log.info("consumer metrics and health on http://%s:%s", settings.consumer_host, settings.consumer_port)
+        await producer.start()
+        consumer.subscribe([settings.topic], listener=sink.listener())
+        await consumer.start()
+        log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
+        await sink.run()
+    finally:
+        # stop() leaves the group, so the partitions move to the others at once.
+        await consumer.stop()
+        await producer.stop()
+        await runner.cleanup()
+        await pool.close()
+        log.info("consumer stopped")

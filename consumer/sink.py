@@ -1,0 +1,165 @@
+"""The Kafka -> PostgreSQL loop: getmany, validate, dead-letter, write, then commit.
+
+Three kinds of failure, three ways (the reason is at each place below):
+- a bad message: dead-lettered with its reason, counted, the partition moves on;
+- PostgreSQL or Kafka unavailable: the same batch is retried with capped
+  exponential backoff, nothing is committed meanwhile, nothing is skipped;
+- anything else: raised, the process exits non-zero, Kafka redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.structs import ConsumerRecord
+
+from consumer.deadletter import send_dead_letters
+from consumer.metrics import ConsumerMetrics
+from consumer.store import write_batch
+from tracker.db import TRANSIENT_ERRORS
+from tracker.events import Event, Invalid, parse_message
+from tracker.settings import Settings
+
+log = logging.getLogger("tracker.consumer")
+
+T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """Shutdown was asked for while waiting for a service; the batch is left uncommitted."""
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, sink: "Sink") -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked):
+        # Wait for the batch in flight: it commits its own offsets before the partitions move.
+        async with self.sink.batch_lock:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned):
+        self.sink.metrics.assigned_partitions.set(len(assigned))
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class Sink:
+    def __init__(self, settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                 pool: asyncpg.Pool, metrics: ConsumerMetrics, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.pool = pool
+        self.metrics = metrics
+        self.stop = stop
+        self.batch_lock = asyncio.Lock()
+        self.last_poll = time.monotonic()
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Rebalance(self)
+
+    async def run(self) -> None:
+        """Consume until ``stop`` is set; the batch in flight is finished and committed first."""
+        while not self.stop.is_set():
+            self.last_poll = time.monotonic()
+            batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
+                                                max_records=self.settings.batch_max_records)
+            if not batch:
+                continue
+            async with self.batch_lock:
+                try:
+                    await self.handle(batch)
+                except Stopping:
+                    log.info("stopping with a batch uncommitted; Kafka will redeliver it")
+                    return
+
+    async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        events: list[Event] = []
+        dead: list[tuple[ConsumerRecord, Invalid]] = []
+        max_bytes = self.settings.max_message_bytes
+        for records in batch.values():
+            for record in records:
+                parsed = parse_message(record.value, max_bytes=max_bytes)
+                if isinstance(parsed, Invalid):
+                    log.debug("invalid message %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                              parsed.detail)
+                    dead.append((record, parsed))
+                else:
+                    events.append(parsed)
+        count = sum(len(r) for r in batch.values())
+
+        if dead:
+            # Dead letters first: once offsets are committed the original is gone from our view.
+            await self._retrying("kafka", lambda: send_dead_letters(self.producer, self.settings.dlq_topic, dead))
+            for _, invalid in dead:
+                self.metrics.invalid.labels(invalid.reason).inc()
+            log.warning("dead-lettered %d invalid message(s) of %d, first: %s", len(dead), count, dead[0][1].detail)
+
+        started = time.perf_counter()
+        result = await self._retrying("database", lambda: self._write(events))
+        self.metrics.write_seconds.observe(time.perf_counter() - started)
+
+        await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+        now_ms = time.time() * 1000
+        for records in batch.values():
+            for record in records:
+                if record.timestamp and record.timestamp > 0:
+                    self.metrics.event_lag.observe(max(0.0, (now_ms - record.timestamp) / 1000))
+        self.metrics.messages.labels("stored").inc(result.inserted)
+        self.metrics.messages.labels("duplicate").inc(result.duplicates)
+        self.metrics.messages.labels("dead_lettered").inc(len(dead))
+        self.metrics.batches.inc()
+        self.metrics.batch_size.observe(count)
+        log.debug("batch: %d messages, %d new, %d duplicate, %d dead-lettered",
+                  count, result.inserted, result.duplicates, len(dead))
+
+    async def _write(self, events: list[Event]):
+        async with self.pool.acquire() as conn:
+            return await write_batch(conn, events)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._retrying("kafka", lambda: self.consumer.commit(offsets))
+            self.metrics.last_commit.set_to_current_time()
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # The partitions moved to another consumer while we wrote. The rows are
+            # stored; the new owner gets the batch again and finds every event already
+            # there (idempotent by event id), so nothing is lost or counted twice.
+            log.warning("offset commit refused after a rebalance (%s); the new owner will skip the stored events",
+                        exc)
+
+    async def _retrying(self, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Retry an infrastructure failure with capped exponential backoff, never skipping."""
+        delay = 0.2
+        while True:
+            try:
+                result = await attempt()
+                self.metrics.paused.set(0)
+                return result
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
+                raise
+            except (KafkaError, *TRANSIENT_ERRORS) as exc:
+                if self.stop.is_set():
+                    raise Stopping() from exc
+                self.metrics.paused.set(1)
+                self.metrics.retries.labels(target).inc()
+                log.warning("%s unavailable (%s: %s); retrying in %.1fs, offsets not committed",
+                            target, type(exc).__name__, exc, delay)
+                await self._sleep(delay + random.uniform(0, delay / 4))
+                delay = min(delay * 2, self.settings.retry_max_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        # Wake early on shutdown so that SIGTERM during an outage exits promptly.
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass

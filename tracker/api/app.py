@@ -1,0 +1,37 @@
+"""The API application: Connexion AsyncApp built from swagger/openapi.yaml."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import connexion
+from connexion.middleware import MiddlewarePosition
+
+from tracker.api.metrics import ApiMetrics, MetricsMiddleware
+from tracker.api.problems import ParameterValidator, database_unavailable
+from tracker.db import TRANSIENT_ERRORS, create_pool
+from tracker.settings import Settings
+
+SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "swagger"
+
+
+def create_app(settings: Settings, *, validate_responses: bool = False) -> connexion.AsyncApp:
+    metrics = ApiMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # The pool lives as long as the server; handlers read it from request.state.
+        pool = await create_pool(settings)
+        try:
+            yield {"pool": pool, "metrics": metrics, "settings": settings}
+        finally:
+            await pool.close()
+
+    app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan)
+    app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
+                validator_map={"parameter": ParameterValidator})
+    app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    for exc_type in TRANSIENT_ERRORS:
+        app.add_error_handler(exc_type, database_unavailable)
+    return app

@@ -1,0 +1,29 @@
+"""Opaque keyset cursors: base64url of the last row's (timestamp, event id)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode(ts: datetime, event_id: str) -> str:
+    raw = json.dumps([ts.isoformat(), event_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, event_id = json.loads(raw)
+        parsed = datetime.fromisoformat(ts)
+        if parsed.tzinfo is None or not isinstance(event_id, str):
+            raise ValueError
+        return parsed, event_id
+    except (ValueError, TypeError):
+        raise BadCursor("cursor is not one this API returned; pass next_cursor from the previous page "
+                        "unchanged, or leave it out to start at the first page") from None

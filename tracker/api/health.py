@@ -1,0 +1,28 @@
+"""Handlers for /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+from connexion import request
+from connexion.lifecycle import ConnexionResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tracker.api.problems import ProblemException, ok
+
+
+async def healthz():
+    return ok({"status": "ok"})
+
+
+async def readyz():
+    try:
+        async with request.state.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means "not ready"; the detail says why
+        raise ProblemException(status=503, title="Service Unavailable",
+                               detail=f"The database does not answer: {type(exc).__name__}: {exc}") from None
+    return ok({"status": "ok"})
+
+
+async def metrics():
+    return ConnexionResponse(status_code=200, content_type=CONTENT_TYPE_LATEST,
+                             body=generate_latest(request.state.metrics.registry))

@@ -1,0 +1,47 @@
+"""problem+json for every error, with a sentence that says what was wrong."""
+
+from __future__ import annotations
+
+import logging
+
+from connexion.exceptions import ProblemException  # noqa: F401  (re-exported)
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.problem import problem
+from connexion import validators as connexion_validators
+
+log = logging.getLogger("tracker.api")
+
+
+def ok(body, status: int = 200):
+    """A JSON body; the content type is explicit because operations also declare problem+json."""
+    return body, status, {"Content-Type": "application/json"}
+
+
+def not_found(detail: str) -> ProblemException:
+    return ProblemException(status=404, title="Not Found", detail=detail)
+
+
+def bad_request(detail: str) -> ProblemException:
+    return ProblemException(status=400, title="Bad Request", detail=detail)
+
+
+def database_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+    return problem(status=503, title="Service Unavailable",
+                   detail="The database is unreachable right now; retry in a few seconds.",
+                   headers={"Retry-After": "5"})
+
+
+class ParameterValidator(connexion_validators.ParameterValidator):
+    """Connexion's parameter check, with messages that name the parameter and what it allows."""
+
+    @staticmethod
+    def validate_parameter(parameter_type, value, param, param_name=None):
+        error = connexion_validators.ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        if not error or error.startswith("Missing"):
+            return error
+        schema = param.get("schema", param)
+        allowed = ", ".join(f"{k} {v}" for k, v in schema.items()
+                            if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern"))
+        first_line = error.splitlines()[0]
+        return f"{parameter_type} parameter {param['name']!r}: {first_line} (allowed: {allowed})"

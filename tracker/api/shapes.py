@@ -1,0 +1,80 @@
+"""Database rows -> response documents (the shapes in swagger/openapi.yaml)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def trace_out(trace, services, error_rows) -> dict:
+    return {
+        "trace_id": trace["trace_id"],
+        "done": trace["done"],
+        "status": trace["status"],
+        "first_seen": _iso(trace["first_at"]),
+        "last_seen": _iso(trace["last_at"]),
+        "elapsed_seconds": (trace["last_at"] - trace["first_at"]).total_seconds(),
+        "finished_at": _iso(trace["finish_at"]),
+        "event_count": trace["event_count"],
+        "error_count": trace["error_count"],
+        "services": [
+            {
+                "service": s["service"],
+                "first_seen": _iso(s["first_at"]),
+                "last_seen": _iso(s["last_at"]),
+                "elapsed_seconds": (s["last_at"] - s["first_at"]).total_seconds(),
+                "latest_status": s["latest_status"],
+                "failed": s["latest_failed"],
+                "event_count": s["event_count"],
+            }
+            for s in services
+        ],
+        "errors": [error for row in error_rows for error in error_messages(row)],
+    }
+
+
+def error_messages(row) -> list[dict]:
+    """The messages of one erroneous event; a failure with no words still gets one line."""
+    messages = list(row["errors"])
+    if row["exception"]:
+        messages.append(row["exception"])
+    if row["failed"] and row["message"]:
+        messages.insert(0, row["message"])
+    if row["failed"] and not messages:
+        messages.append(f"{row['service']} reported status {row['status']!r}")
+    base = {"timestamp": _iso(row["ts"]), "service": row["service"], "event_id": row["event_id"]}
+    return [{**base, "message": m} for m in messages]
+
+
+def event_out(row, include_body: bool) -> dict:
+    out = {
+        "event_id": row["event_id"],
+        "trace_id": row["trace_id"],
+        "service": row["service"],
+        "status": row["status"],
+        "failed": row["failed"],
+        "timestamp": _iso(row["ts"]),
+        "trace_status": row["trace_status"],
+        "start_time": _iso(row["start_time"]),
+        "end_time": _iso(row["end_time"]),
+        "duration_ms": row["duration_ms"],
+        "source": row["source"],
+        "account": row["account"],
+        "org_id": row["org_id"],
+        "inventory_id": row["inventory_id"],
+        "system_id": row["system_id"],
+        "domain": row["domain"],
+        "domain_id": row["domain_id"],
+        "user": row["username"],
+        "operation": row["operation"],
+        "path": row["path"],
+        "message": row["message"],
+        "errors": list(row["errors"]),
+        "format": row["format"],
+    }
+    if include_body:
+        out.update(exception=row["exception"], meta=row["meta"], body=row["body"])
+    return out

@@ -1,0 +1,175 @@
+"""`tracker up`: the consumer and the API, on local Kafka/PostgreSQL when none is configured.
+
+Starts what is missing (state under ``TRACKER_STATE_DIR``, default .tracker/),
+applies migrations, creates the topics, starts both processes exactly as a
+user would (`python -m consumer`, `python -m tracker.api`), prints where
+everything is, and on Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+from tracker.devservices.kafka import LocalKafka
+from tracker.devservices.postgres import LocalPostgres
+from tracker.migrate import migrate
+from tracker.settings import ENVIRONMENT, Settings
+from tracker.topics import ensure_topics
+
+log = logging.getLogger("tracker.up")
+
+
+async def ensure_database(admin_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``admin_url`` if missing; return its URL."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            # Identifiers cannot be parameters; the name is ours, quoted as an identifier.
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[-1]} exited with {proc.returncode} during start-up; "
+                               "its log (path above) says why")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = Path(settings.state_dir).resolve()
+        self.postgres: LocalPostgres | None = None
+        self.kafka: LocalKafka | None = None
+        self.processes: list[subprocess.Popen] = []
+
+    def start_services(self) -> Settings:
+        """Start local Kafka/PostgreSQL where none is configured; migrate; create topics."""
+        settings = self.settings
+        if not settings.database_url:
+            self.postgres = LocalPostgres(self.state / "postgres").start()
+            url = asyncio.run(ensure_database(self.postgres.url, "tracker"))
+            settings = dataclasses.replace(settings, database_url=url)
+        if not settings.kafka_bootstrap_servers:
+            self.kafka = LocalKafka(self.state / "kafka").start()
+            settings = dataclasses.replace(settings, kafka_bootstrap_servers=self.kafka.bootstrap_servers)
+        applied = asyncio.run(migrate(settings.database_url))
+        log.info("migrations applied: %s", applied or "none needed")
+        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
+                                  settings.topic_partitions))
+        self.settings = settings
+        return settings
+
+    def start_processes(self) -> None:
+        env = {**_base_env(), **self.settings.as_environ()}
+        logs = self.state / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for module, log_name in (("consumer", "consumer.log"), ("tracker.api", "api.log")):
+            print(f"  {module:<12} log: {logs / log_name}")
+            handle = open(logs / log_name, "ab")
+            self.processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=handle,
+                                                   stderr=subprocess.STDOUT, start_new_session=True))
+            handle.close()
+        s = self.settings
+        wait_http(f"http://{s.consumer_host}:{s.consumer_port}/healthz", 60, self.processes[0])
+        wait_http(f"http://{s.api_host}:{s.api_port}/healthz", 60, self.processes[1])
+
+    def banner(self) -> str:
+        s = self.settings
+        api = f"http://{s.api_host}:{s.api_port}"
+        send = (f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} TRACKER_TOPIC={shlex.quote(s.topic)} "
+                f"{Path(sys.executable).parent / 'tracker'} send --trace-id demo-1 --service ingress "
+                f"--status received")
+        return "\n".join([
+            "",
+            "tracker is up.",
+            f"  API:              {api}",
+            f"  Swagger UI:       {api}/ui/",
+            f"  OpenAPI document: {api}/openapi.json",
+            f"  consumer metrics: http://{s.consumer_host}:{s.consumer_port}/metrics",
+            f"  Kafka:            {s.kafka_bootstrap_servers}  (topic {s.topic}, dead letters {s.dlq_topic})",
+            f"  PostgreSQL:       {s.database_url}",
+            "",
+            "Send a first event:",
+            f"  {send}",
+            "then look at it:",
+            f"  curl -s {api}/v1/traces/demo-1",
+            "",
+            "Ctrl-C stops everything this command started.",
+        ])
+
+    def wait(self) -> int:
+        """Until Ctrl-C/SIGTERM, or until a process dies (then its exit code)."""
+        stop = {"now": False}
+
+        def _stop(signum, frame):
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        while not stop["now"]:
+            for proc in self.processes:
+                if proc.poll() is not None:
+                    print(f"{proc.args[-1]} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    return proc.returncode or 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.kafka:
+            self.kafka.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+
+def _base_env() -> dict[str, str]:
+    # Pass through the caller's environment (PATH, locale, ...), minus our own settings,
+    # which come from the Settings object so that children see exactly what we resolved.
+    ours = {var for var, _ in ENVIRONMENT.values()}
+    return {k: v for k, v in os.environ.items() if k not in ours}
+
+
+def up(settings: Settings) -> int:
+    stack = Stack(settings)
+    try:
+        stack.start_services()
+        stack.start_processes()
+        print(stack.banner(), flush=True)
+        code = stack.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        print("stopping ...", file=sys.stderr)
+        stack.stop()
+    return code
