@@ -28,6 +28,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
     "api_host": ("TRACKER_API_HOST", "127.0.0.1"),
     "api_port": ("TRACKER_API_PORT", "8080"),
+    "api_validate_responses": ("TRACKER_API_VALIDATE_RESPONSES", "false"),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
@@ -41,6 +42,9 @@ _INT_FIELDS = {
     "topic_partitions", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
     "api_port", "consumer_port", "db_pool_min", "db_pool_max",
 }
+
+
+_BOOL_FIELDS = {"api_validate_responses"}
 
 
 class SettingsError(ValueError):
@@ -61,6 +65,7 @@ class Settings:
     retry_max_seconds: int
     api_host: str
     api_port: int
+    api_validate_responses: bool
     consumer_host: str
     consumer_port: int
     db_pool_min: int
@@ -80,6 +85,10 @@ class Settings:
                     values[field] = int(raw)  # type: ignore[arg-type]
                 except (TypeError, ValueError):
                     raise SettingsError(f"{var} must be an integer, got {raw!r}") from None
+            elif field in _BOOL_FIELDS:
+                if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise SettingsError(f"{var} must be true or false, got {raw!r}")
+                values[field] = str(raw).lower() in ("true", "1", "yes")
             else:
                 values[field] = raw
         values.update(overrides)
@@ -102,5 +111,9 @@ class Settings:
 
     def as_environ(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
-        return {var: str(getattr(self, field)) for field, (var, _) in ENVIRONMENT.items()
-                if getattr(self, field) is not None}
+        out = {}
+        for field, (var, _) in ENVIRONMENT.items():
+            value = getattr(self, field)
+            if value is not None:
+                out[var] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out

@@ -22,7 +22,7 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level)
     logging.getLogger("tracker.api").info("starting with %s", settings.masked())
-    app = create_app(settings)
+    app = create_app(settings, validate_responses=settings.api_validate_responses)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
                 access_log=False, lifespan="on")
     return 0

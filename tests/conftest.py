@@ -1,0 +1,5 @@
+# Fixtures live in plugin modules; this file only registers them.
+pytest_plugins = [
+    "tests.plugins.services",
+    "tests.plugins.processes",
+]

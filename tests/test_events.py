@@ -1,0 +1,138 @@
+"""Turning Kafka messages into events: both ancestors' formats, legacy names, and every way to be invalid."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tracker.events import REASONS, Event, Invalid, parse_message
+
+MAX = 1024 * 1024
+
+
+def parse(doc) -> Event | Invalid:
+    return parse_message(json.dumps(doc).encode(), max_bytes=MAX)
+
+
+def test_payload_tracker_message_is_normalised():
+    event = parse({"service": "Ingress", "source": "Inventory", "account": "000001", "org_id": "42",
+                   "request_id": "req-1", "inventory_id": "inv", "system_id": "sys", "status": "Received",
+                   "status_msg": "got it", "date": "2024-05-01T12:00:00.123456+02:00"})
+    assert isinstance(event, Event)
+    assert (event.trace_id, event.service, event.source, event.status) == ("req-1", "ingress", "inventory", "received")
+    assert (event.account, event.org_id, event.inventory_id, event.system_id) == ("000001", "42", "inv", "sys")
+    assert event.message == "got it"
+    assert event.timestamp == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    assert event.format == "payload_tracker" and not event.failed
+
+
+def test_status_api_event_is_normalised():
+    event = parse({"trace_id": "t1", "trace_event_id": "e1", "domain": "ds", "domain_id": "7",
+                   "start_time": "2024-05-01T12:00:00Z", "end_time": "2024-05-01T12:00:02.5Z",
+                   "trace_status": "FINISHED", "trace_event_status": "FAILED", "user": "ola", "component": "Copy",
+                   "operation": "copy_files", "status_body": {"files_incoming": ["a"], "files_outgoing": []},
+                   "meta": {"git_rev": "abc"}, "s3_path": "s3://b/k", "exception": "Traceback ...",
+                   "errors": [{"message": {"nb": "feil", "en": "failure"}}]})
+    assert isinstance(event, Event)
+    assert (event.event_id, event.trace_id, event.service, event.status, event.failed) == ("e1", "t1", "copy", "error", True)
+    assert event.trace_status == "FINISHED"
+    assert event.timestamp == datetime(2024, 5, 1, 12, 0, 2, 500000, tzinfo=timezone.utc)  # the end time
+    assert event.duration_ms == 2500
+    assert event.body == {"files_incoming": ["a"], "files_outgoing": []}
+    assert (event.path, event.user, event.operation, event.meta) == ("s3://b/k", "ola", "copy_files", {"git_rev": "abc"})
+    assert event.errors == ("failure",)
+    assert event.exception == "Traceback ..."
+
+
+def test_status_api_legacy_names_are_mapped():
+    legacy = parse({"id": "t1", "event_id": "e1", "application": "ds", "application_id": "7",
+                    "date_started": "2024-05-01T12:00:00", "date_end": "2024-05-01T12:00:01",
+                    "handler": "copy", "run_status": "started", "status": "ok", "s3path": "s3://x",
+                    "body": {"k": 1}})
+    modern = parse({"trace_id": "t1", "trace_event_id": "e1", "domain": "ds", "domain_id": "7",
+                    "start_time": "2024-05-01T12:00:00", "end_time": "2024-05-01T12:00:01",
+                    "component": "copy", "trace_status": "STARTED", "trace_event_status": "OK",
+                    "s3_path": "s3://x", "status_body": {"k": 1}})
+    assert isinstance(legacy, Event) and legacy == modern
+    assert legacy.trace_status == "STARTED" and legacy.status == "success"
+
+
+def test_legacy_and_modern_name_with_different_values_is_rejected():
+    result = parse({"id": "t1", "trace_id": "t2", "component": "copy", "trace_event_status": "OK",
+                    "end_time": "2024-05-01T12:00:00Z"})
+    assert result == Invalid("conflicting_fields", result.detail)
+    assert "'id'" in result.detail and "'trace_id'" in result.detail
+
+
+def test_canonical_event_is_accepted():
+    event = parse({"trace_id": "t", "service": "s", "status": "processing", "timestamp": "2024-01-01T00:00:00Z",
+                   "event_id": "x", "body": [1, 2]})
+    assert isinstance(event, Event) and event.format == "tracker" and event.body == [1, 2]
+
+
+def test_naive_times_are_utc():
+    event = parse({"service": "s", "request_id": "r", "status": "received", "date": "2024-01-01 10:00:00"})
+    assert event.timestamp == datetime(2024, 1, 1, 10, tzinfo=timezone.utc)
+
+
+def test_missing_event_id_is_derived_from_content_and_stable():
+    doc = {"service": "s", "request_id": "r", "status": "received", "date": "2024-01-01T10:00:00"}
+    first = parse(doc)
+    reordered = parse(dict(reversed(list(doc.items()))))
+    other = parse({**doc, "status": "success"})
+    assert first.event_id == reordered.event_id != other.event_id
+
+
+def test_null_fields_count_as_absent():
+    event = parse({"service": "s", "request_id": "r", "status": "received", "date": "2024-01-01T10:00:00",
+                   "inventory_id": None, "account": None})
+    assert isinstance(event, Event) and event.inventory_id is None
+
+
+@pytest.mark.parametrize("value, reason", [
+    (None, "null_value"),
+    (b"\xff\xfe not utf-8", "not_utf8"),
+    (b"{not json", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"a string"', "not_object"),
+    (b"[" * 5000 + b"]" * 5000, "too_deep"),
+    (("{\"a\": " + "[" * 40 + "1" + "]" * 40 + "}").encode(), "too_deep"),
+    (b"{}", "missing_field"),
+    (json.dumps({"service": "s", "request_id": "r", "status": "received"}).encode(), "missing_field"),
+    (json.dumps({"service": 5, "request_id": "r", "status": "x", "date": "2024-01-01"}).encode(), "wrong_type"),
+    (json.dumps({"service": "s", "request_id": "r" * 257, "status": "x", "date": "2024-01-01"}).encode(), "too_long"),
+    (json.dumps({"service": "s", "request_id": "-1", "status": "x", "date": "2024-01-01"}).encode(), "invalid_value"),
+    (json.dumps({"service": "s", "request_id": "r", "status": "x", "date": "yesterday"}).encode(), "invalid_value"),
+    (json.dumps({"trace_id": "t", "component": "c", "trace_event_status": "MAYBE", "end_time": "2024-01-01"}).encode(),
+     "invalid_value"),
+    (json.dumps({"trace_id": "t", "component": "c", "trace_event_status": "OK"}).encode(), "missing_field"),
+])
+def test_invalid_messages_get_a_reason_and_a_sentence(value, reason):
+    result = parse_message(value, max_bytes=MAX)
+    assert isinstance(result, Invalid)
+    assert result.reason == reason
+    assert len(result.detail) > 10
+
+
+def test_message_over_the_size_bound_is_rejected_before_parsing():
+    value = json.dumps({"service": "s", "request_id": "r", "status": "x", "date": "2024-01-01",
+                        "status_msg": "x" * 2000}).encode()
+    result = parse_message(value, max_bytes=1000)
+    assert result.reason == "too_large" and "1000" in result.detail
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                              lambda children: st.lists(children, max_size=4)
+                              | st.dictionaries(st.sampled_from(["service", "request_id", "status", "date", "trace_id",
+                                                                 "component", "id", "x"]), children, max_size=5),
+                              max_leaves=20).map(lambda d: json.dumps(d).encode())))
+def test_any_input_yields_an_event_or_a_known_reason(value):
+    result = parse_message(value, max_bytes=MAX)
+    assert isinstance(result, (Event, Invalid))
+    if isinstance(result, Invalid):
+        assert result.reason in REASONS

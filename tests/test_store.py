@@ -1,0 +1,119 @@
+"""Writing batches to the real PostgreSQL: idempotent, and the trace state independent of arrival order."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from consumer.store import prepare_connection, write_batch
+from tests.factories import BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event
+from tests.reference import expected_state, stored_state
+from tracker.events import Event, parse_message
+
+
+def events_of(docs) -> list[Event]:
+    events = [parse_message(encode(d), max_bytes=1 << 20) for d in docs]
+    assert all(isinstance(e, Event) for e in events), events
+    return events
+
+
+async def test_redelivered_batch_writes_each_event_once(db):
+    await prepare_connection(db)
+    events = events_of(pipeline_trace("t-1", random.Random(1)) + pipeline_trace("t-2", random.Random(2), fail=True))
+    first = await write_batch(db, events)
+    state_after_first = await stored_state(db)
+    again = await write_batch(db, events)
+    assert (first.inserted, first.duplicates) == (len(events), 0)
+    assert (again.inserted, again.duplicates) == (0, len(events))
+    assert await db.fetchval("SELECT count(*) FROM events") == len(events)
+    assert await stored_state(db) == state_after_first == expected_state(events)
+
+
+async def test_same_event_twice_in_one_batch_is_stored_once(db):
+    await prepare_connection(db)
+    events = events_of([payload_tracker("t", "ingress", "received", BASE)])
+    result = await write_batch(db, events * 3)
+    assert (result.inserted, result.duplicates) == (1, 2)
+    assert (await stored_state(db))[0]["t"]["event_count"] == 1
+
+
+async def test_both_formats_land_in_one_trace(db):
+    await prepare_connection(db)
+    events = events_of([
+        payload_tracker("mixed", "ingress", "received", BASE),
+        status_api("mixed", "copy", True, BASE + timedelta(seconds=2)),
+        {"id": "mixed", "handler": "publish", "status": "FAILED", "run_status": "FINISHED",
+         "date_end": (BASE + timedelta(seconds=5)).isoformat(), "errors": [{"message": {"en": "no space"}}]},
+    ])
+    await write_batch(db, events)
+    traces, services = await stored_state(db)
+    assert traces["mixed"]["done"] and traces["mixed"]["status"] == "failed"
+    assert set(s for _, s in services) == {"ingress", "copy", "publish"}
+    assert await db.fetchval("SELECT errors FROM events WHERE service = 'publish'") == ["no space"]
+
+
+async def test_trace_status_rules(db):
+    """done/failed/in_progress as documented: the finishing event decides; else any failed service."""
+    await prepare_connection(db)
+    t0 = BASE
+    docs = [
+        # in progress: nothing failed, not finished
+        payload_tracker("running", "a", "received", t0),
+        # failed: a service's latest event is an error, not finished
+        payload_tracker("broken", "a", "received", t0),
+        payload_tracker("broken", "a", "error", t0 + timedelta(seconds=1)),
+        # recovered: the service failed, then succeeded later -> not failed
+        payload_tracker("recovered", "a", "error", t0),
+        payload_tracker("recovered", "a", "success", t0 + timedelta(seconds=1)),
+        # finished OK although a service failed earlier: the finishing event decides
+        payload_tracker("finished-ok", "a", "error", t0),
+        tracker_event("finished-ok", "b", "success", t0 + timedelta(seconds=2), trace_status="FINISHED"),
+        # finished with an error
+        tracker_event("finished-bad", "b", "error", t0, trace_status="FINISHED"),
+    ]
+    await write_batch(db, events_of(docs))
+    traces, _ = await stored_state(db)
+    status = {t: (v["done"], v["status"]) for t, v in traces.items()}
+    assert status == {
+        "running": (False, "in_progress"), "broken": (False, "failed"), "recovered": (False, "in_progress"),
+        "finished-ok": (True, "success"), "finished-bad": (True, "failed"),
+    }
+
+
+async def test_equal_timestamps_are_ordered_by_event_id(db):
+    await prepare_connection(db)
+    docs = [tracker_event("tie", "a", "success", BASE, event_id="b-event"),
+            tracker_event("tie", "a", "error", BASE, event_id="a-event")]
+    await write_batch(db, events_of(list(reversed(docs))))
+    _, services = await stored_state(db)
+    assert services[("tie", "a")]["latest_status"] == "success"  # "b-event" > "a-event"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), batch_sizes=st.lists(st.integers(1, 7), min_size=1, max_size=6),
+       data=st.data())
+async def test_trace_state_does_not_depend_on_arrival_order(db, seed, batch_sizes, data):
+    """The same events in any order, in any batch split, with redeliveries: the same state."""
+    await prepare_connection(db)
+    rng = random.Random(seed)
+    prefix = f"p{seed}-{len(batch_sizes)}-"
+    docs = []
+    for i in range(3):
+        docs += pipeline_trace(f"{prefix}{i}", rng, services=rng.randrange(1, 4), fail=rng.random() < 0.4,
+                               finish=rng.random() < 0.6)
+    events = events_of(docs)
+    shuffled = data.draw(st.permutations(events))
+    # Redeliver a random few, as Kafka would after a crash before commit.
+    shuffled += data.draw(st.lists(st.sampled_from(events), max_size=5))
+    i = 0
+    sizes = iter(batch_sizes * 20)
+    while i < len(shuffled):
+        n = next(sizes)
+        await write_batch(db, shuffled[i:i + n])
+        i += n
+    traces, services = await stored_state(db)
+    want_traces, want_services = expected_state(events)
+    assert {k: v for k, v in traces.items() if k.startswith(prefix)} == want_traces
+    assert {k: v for k, v in services.items() if k[0].startswith(prefix)} == want_services
