@@ -34,6 +34,17 @@ def cmd_migrate(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_topics(args, settings: Settings) -> int:
+    from tracker.topics import ensure_topics
+
+    if not settings.kafka_bootstrap_servers:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set")
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
+                                        settings.topic_partitions))
+    print("created: " + ", ".join(created) if created else "topics exist")
+    return 0
+
+
 def _event_from_args(args) -> dict:
     if args.trace_id is None:
         text = sys.stdin.read()
@@ -120,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_up)
     sub.add_parser("migrate", help="apply the database migrations (a no-op when up to date)"
                    ).set_defaults(func=cmd_migrate)
+
+    sub.add_parser("topics", help="create the events and dead-letter topics if missing"
+                   ).set_defaults(func=cmd_topics)
 
     send = sub.add_parser("send", help="publish one event to Kafka (flags, or a JSON event on stdin)")
     send.add_argument("--trace-id")

@@ -1,0 +1,57 @@
+"""docker-compose.yml and the Dockerfile, checked without Docker: settings the
+code really reads, ports that match them, files that exist, pinned images."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from tracker.settings import ENVIRONMENT
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+TRACKER_SERVICES = {name: s for name, s in COMPOSE["services"].items() if str(s.get("image", "")).startswith("tracker:")}
+
+
+def test_every_tracker_setting_in_compose_is_read_by_the_code():
+    known = {var for var, _ in ENVIRONMENT.values()}
+    assert TRACKER_SERVICES, "no service runs the tracker image"
+    for name, service in TRACKER_SERVICES.items():
+        unknown = set(service["environment"]) - known
+        assert not unknown, f"{name} sets {unknown}, which no code reads"
+
+
+def test_published_ports_match_the_port_settings():
+    for name, service in TRACKER_SERVICES.items():
+        env = service["environment"]
+        for var in ("TRACKER_API_PORT", "TRACKER_CONSUMER_PORT"):
+            if var in env:
+                assert f"{env[var]}:{env[var]}" in service["ports"], (name, var)
+                host_var = var.replace("_PORT", "_HOST")
+                assert env.get(host_var) == "0.0.0.0", f"{name} must listen beyond loopback in a container"
+
+
+def test_images_are_pinned_to_versions():
+    for name, service in COMPOSE["services"].items():
+        image = service.get("image", "")
+        assert re.search(r":\d[\w.\-]*$", image), f"{name}: image {image!r} is not pinned to a version"
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert re.search(r":\d+\.\d+\.\d+", base), base
+
+
+def test_files_the_image_copies_exist_and_it_runs_as_non_root():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        for source in line.split()[:-1]:
+            assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    assert re.search(r"^USER (?!root)\S+", dockerfile, re.M)
+
+
+def test_commands_name_modules_that_exist():
+    for name, service in TRACKER_SERVICES.items():
+        command = " ".join(service.get("command", []))
+        for module in re.findall(r"python -m ([\w.]+)", command):
+            path = ROOT / module.replace(".", "/")
+            assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), (name, module)
