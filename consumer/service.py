@@ -38,6 +38,9 @@ async def run(settings: Settings) -> None:
         # Offsets are committed by the sink only after the database commit.
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # How soon a crashed member's partitions move to the others.
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 1000),
         max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1024 * 1024),
         fetch_max_bytes=max(settings.max_message_bytes * 4, 50 * 1024 * 1024),
     )

@@ -22,6 +22,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "dlq_topic": ("TRACKER_DLQ_TOPIC", "tracker.events.dlq"),
     "consumer_group": ("TRACKER_CONSUMER_GROUP", "tracker"),
     "topic_partitions": ("TRACKER_TOPIC_PARTITIONS", "6"),
+    "session_timeout_ms": ("TRACKER_KAFKA_SESSION_TIMEOUT_MS", "10000"),
     "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "2000"),
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
@@ -39,7 +40,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
 }
 
 _INT_FIELDS = {
-    "topic_partitions", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
+    "topic_partitions", "session_timeout_ms", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
     "api_port", "consumer_port", "db_pool_min", "db_pool_max",
 }
 
@@ -59,6 +60,7 @@ class Settings:
     dlq_topic: str
     consumer_group: str
     topic_partitions: int
+    session_timeout_ms: int
     batch_max_records: int
     batch_timeout_ms: int
     max_message_bytes: int

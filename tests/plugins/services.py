@@ -155,4 +155,5 @@ def settings(kafka_bootstrap, database_url, topics, tmp_path) -> Settings:
         api_validate_responses=True,
         state_dir=str(tmp_path),
         log_level="DEBUG",
+        session_timeout_ms=6000,  # the broker's minimum: crash tests rebalance sooner
     )

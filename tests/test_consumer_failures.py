@@ -1,0 +1,155 @@
+"""The consumer under failure, with real processes: crashes, outages, rebalances, garbage.
+Nothing lost, nothing duplicated, every derived number right."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+
+import pytest
+
+from tests.factories import encode, payload_tracker
+from tests.ingest import assert_exactly_once, produce, valid_events, wait_stored, workload
+from tests.test_end_to_end import read_all
+
+
+async def test_kill_9_at_random_points_loses_and_duplicates_nothing(settings, launch, db, kafka_bootstrap):
+    messages = workload(traces=3000, seed=7, prefix="kill")
+    events = valid_events(messages)
+    settings = dataclasses.replace(settings, batch_max_records=300, log_level="INFO")
+    await produce(kafka_bootstrap, settings.topic, messages)
+    rng = random.Random(7)
+    for round_ in range(4):
+        consumer = await launch.consumer(settings, name=f"consumer-{round_}")
+        await asyncio.sleep(rng.uniform(0.3, 2.0))
+        consumer.kill()
+    stored_before_last = await db.fetchval("SELECT count(*) FROM events")
+    consumer = await launch.consumer(settings, name="consumer-last")
+    await wait_stored(db, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+    assert 0 < stored_before_last < len(events), "the kills did not land mid-ingest"
+    await asyncio.sleep(1)  # let any in-flight redelivered batch land: it must change nothing
+    await assert_exactly_once(db, events)
+
+
+async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
+        settings, launch, db, kafka_bootstrap, local_postgres):
+    if local_postgres is None:
+        pytest.skip("DATABASE_URL names a server this suite cannot restart")
+    messages = workload(traces=2000, seed=11, prefix="pg")
+    events = valid_events(messages)
+    settings = dataclasses.replace(settings, batch_max_records=200, retry_max_seconds=2, log_level="INFO")
+    await db.close()
+    consumer = await launch.consumer(settings)
+    producing = asyncio.create_task(produce(kafka_bootstrap, settings.topic, messages, rate=4000))
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(local_postgres.stop)
+    await asyncio.sleep(3)  # the consumer retries meanwhile; nothing is committed
+    await asyncio.to_thread(local_postgres.restart)
+    await producing
+
+    import asyncpg
+
+    from tracker.db import init_connection
+
+    conn = await asyncpg.connect(settings.database_url)
+    await init_connection(conn)
+    try:
+        await wait_stored(conn, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+        await assert_exactly_once(conn, events)
+    finally:
+        await conn.close()
+    assert consumer.alive, "the consumer should recover by itself"
+    assert "database unavailable" in consumer.log()
+
+
+async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
+        settings, launch, db, kafka_bootstrap, local_kafka):
+    if local_kafka is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS names a broker this suite cannot restart")
+    messages = workload(traces=2000, seed=13, prefix="kafka")
+    events = valid_events(messages)
+    half = len(messages) // 2
+    settings = dataclasses.replace(settings, batch_max_records=200, retry_max_seconds=2, log_level="INFO")
+    consumer = await launch.consumer(settings)
+    await produce(kafka_bootstrap, settings.topic, messages[:half])
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(local_kafka.restart)
+    await produce(kafka_bootstrap, settings.topic, messages[half:])
+    await wait_stored(db, len({e.event_id for e in events}), timeout=180, alive=lambda: consumer.alive)
+    await asyncio.sleep(1)
+    await assert_exactly_once(db, events)
+    assert consumer.alive
+
+
+async def test_two_consumers_share_the_work_and_survive_one_being_killed(settings, launch, db, kafka_bootstrap):
+    messages = workload(traces=3000, seed=17, prefix="pair")
+    events = valid_events(messages)
+    settings = dataclasses.replace(settings, batch_max_records=200, log_level="INFO")
+    from tracker.devservices.ports import free_port
+
+    first = await launch.consumer(settings, name="first")
+    second = await launch.consumer(dataclasses.replace(settings, consumer_port=free_port()), name="second")
+    producing = asyncio.create_task(produce(kafka_bootstrap, settings.topic, messages, rate=5000))
+    await asyncio.sleep(2)
+    first.kill()
+    await producing
+    await wait_stored(db, len({e.event_id for e in events}), timeout=180, alive=lambda: second.alive)
+    await asyncio.sleep(1)
+    await assert_exactly_once(db, events)
+    assert "partitions assigned" in second.log()
+
+
+def malformed(rng: random.Random, valid: bytes) -> bytes | None:
+    """One broken message, built from a valid one by a random kind of damage."""
+    doc = json.loads(valid)
+    required = [k for k in ("service", "request_id", "trace_id", "status", "date", "timestamp") if k in doc]
+    trace_key = "request_id" if "request_id" in doc else "trace_id"
+    kind = rng.randrange(9)
+    if kind == 0:
+        return valid[: rng.randrange(1, len(valid) - 1)]  # truncated JSON
+    if kind == 1:
+        return b"\xff" + valid  # not UTF-8
+    if kind == 2:
+        return None  # tombstone
+    if kind == 3:
+        del doc[rng.choice(required)]
+    elif kind == 4:
+        doc[rng.choice(required)] = rng.choice([1, 2.5, True, [], {}])
+    elif kind == 5:
+        doc[trace_key] = "x" * 300
+    elif kind == 6:
+        doc["status_msg"] = "y" * (1 << 20)  # over the 1 MiB bound
+    elif kind == 7:
+        nested: object = 1
+        for _ in range(rng.randrange(40, 400)):
+            nested = [nested]
+        doc["status_msg"] = nested
+    else:
+        return json.dumps(rng.choice([[doc], "text", 42, None])).encode()
+    return json.dumps(doc).encode()
+
+
+async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_valid_event(
+        settings, launch, db, kafka_bootstrap):
+    rng = random.Random(23)
+    good = workload(traces=300, seed=23, prefix="mixed")
+    messages = []
+    for key, value in good:
+        messages.append((key, value))
+        for _ in range(rng.randrange(0, 5)):
+            messages.append((key, malformed(rng, value)))
+    events = valid_events(messages)
+    invalid = len(messages) - len(events)
+    assert invalid >= 2000
+    consumer = await launch.consumer(dataclasses.replace(settings, log_level="INFO"))
+    await produce(kafka_bootstrap, settings.topic, messages)
+    await wait_stored(db, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+    dead = await read_all(kafka_bootstrap, settings.dlq_topic, invalid, timeout=60)
+    assert len(dead) == invalid
+    reasons = {dict(r.headers)["tracker.reason"].decode() for r in dead}
+    assert {"not_json", "not_utf8", "null_value", "missing_field", "wrong_type", "too_long", "too_large",
+            "too_deep", "not_object"} <= reasons
+    await assert_exactly_once(db, events)
+    assert consumer.alive
