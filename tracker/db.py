@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import orjson
 
 from tracker.settings import Settings
 
@@ -41,11 +42,11 @@ def _dumps(value) -> str:
 
 
 def _jsonb_encode(value) -> bytes:
-    return b"\x01" + _dumps(value).encode("utf-8")  # jsonb binary format: version 1, then the text
+    return b"\x01" + orjson.dumps(value)  # jsonb binary format: version 1, then the text
 
 
 def _jsonb_decode(data: bytes):
-    return json.loads(data[1:])
+    return orjson.loads(data[1:])
 
 
 async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:

@@ -15,7 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
+import orjson
 import yaml
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "swagger" / "openapi.yaml"
@@ -83,11 +85,22 @@ def spec() -> dict:
         return yaml.safe_load(fh)
 
 
+def _schema_document(schema_name: str) -> dict:
+    # The spec's components travel along so that "#/components/schemas/..." refs resolve.
+    return {"$ref": f"#/components/schemas/{schema_name}", "components": spec()["components"]}
+
+
 @lru_cache(maxsize=None)
 def validator(schema_name: str) -> jsonschema.Draft4Validator:
-    """A validator for one of the spec's component schemas, refs resolved within the spec."""
-    document = {"$ref": f"#/components/schemas/{schema_name}", "components": spec()["components"]}
-    return jsonschema.Draft4Validator(document)
+    """The reference validator: slow, but lists every violation. Used to explain a rejection."""
+    return jsonschema.Draft4Validator(_schema_document(schema_name))
+
+
+@lru_cache(maxsize=None)
+def fast_validator(schema_name: str):
+    """The hot path: the same schema compiled to Python by fastjsonschema (~40x faster than
+    jsonschema here; measured in bench/ingest), which stops at the first violation."""
+    return fastjsonschema.compile(_schema_document(schema_name))
 
 
 @lru_cache(maxsize=1)
@@ -128,10 +141,10 @@ def _decode(value: bytes | None, max_bytes: int) -> dict:
     except UnicodeDecodeError as exc:
         raise _Rejected("not_utf8", f"the message is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels") from None
         raise _Rejected("not_json", f"the message is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _Rejected("not_object", f"an event must be a JSON object, got {type(doc).__name__}")
@@ -165,9 +178,13 @@ def detect_format(doc: dict) -> str:
 
 
 def _validate(doc: dict, schema_name: str) -> None:
-    errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (list(e.path), e.validator))
-    if not errors:
+    try:
+        fast_validator(schema_name)(doc)
         return
+    except fastjsonschema.JsonSchemaValueException as fast_error:
+        errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (list(e.path), e.validator))
+        if not errors:  # the two libraries disagree: trust the stricter answer, and say what it said
+            raise _Rejected("invalid_value", f"not a valid {schema_name}: {fast_error.message}") from None
     first = errors[0]
     reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long",
               "maxItems": "too_long"}.get(first.validator, "invalid_value")
@@ -205,7 +222,7 @@ def _normalise(doc: dict, fmt: str) -> Event:
 
 def derive_event_id(doc: dict) -> str:
     """Same content -> same id, so a redelivered message is the same event."""
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, canonical))
 
 

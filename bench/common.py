@@ -1,0 +1,109 @@
+"""What the benchmarks share: the services (configured, or started locally),
+fresh databases, and a realistic data set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+
+from tracker.devservices.kafka import LocalKafka
+from tracker.devservices.postgres import LocalPostgres
+from tracker.migrate import migrate
+
+SERVICES = [f"service-{i:02d}" for i in range(20)]
+
+
+@contextlib.contextmanager
+def services():
+    """(kafka bootstrap, postgres admin URL): from the environment, or local ones for this run."""
+    kafka_env, db_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
+    state = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    state.chmod(0o755)
+    pg = kafka = None
+    try:
+        if not db_env:
+            # Durable settings (fsync on): the numbers are what a real server would give.
+            pg = LocalPostgres(state / "postgres", durable=True).start()
+        if not kafka_env:
+            kafka = LocalKafka(state / "kafka", heap="1g").start()
+        yield (kafka_env or kafka.bootstrap_servers), (db_env or pg.url)
+    finally:
+        if kafka:
+            kafka.stop()
+        if pg:
+            pg.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def fresh_database(admin_url: str, prefix: str = "bench") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    await migrate(url)
+    return url
+
+
+def dataset(n: int, seed: int = 1, events_per_trace: int = 10) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages: ~10 events per trace, 20 services, bodies of a few hundred bytes,
+    half Payload Tracker messages and half Status API events."""
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    out: list[tuple[bytes, bytes]] = []
+    trace_no = 0
+    while len(out) < n:
+        trace_no += 1
+        trace_id = f"{uuid.UUID(int=rng.getrandbits(128))}"
+        at = start + timedelta(seconds=rng.randrange(14 * 86400))
+        services = rng.sample(SERVICES, events_per_trace // 2)
+        status_api = trace_no % 2 == 0
+        for i, service in enumerate(services):
+            for step in ("received", "success"):
+                at += timedelta(milliseconds=rng.randrange(5, 3000))
+                if status_api:
+                    doc = {"trace_id": trace_id, "trace_event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                           "component": service, "operation": f"{service}.handle",
+                           "trace_event_status": "OK", "trace_status": "CONTINUE",
+                           "start_time": (at - timedelta(milliseconds=400)).isoformat(), "end_time": at.isoformat(),
+                           "domain": "datasets", "domain_id": f"ds-{trace_no % 5000}",
+                           "status_body": {"files_incoming": [f"s3://raw/{trace_id}/{k}.csv" for k in range(2)],
+                                           "files_outgoing": [f"s3://clean/{trace_id}/{k}.parquet" for k in range(2)]},
+                           "meta": {"git_rev": "9f3c2ab", "version": "1.4.2"}}
+                    if step == "success" and i == len(services) - 1:
+                        doc["trace_status"] = "FINISHED"
+                else:
+                    doc = {"service": service, "source": "inventory", "account": f"{trace_no % 100000:07d}",
+                           "org_id": str(trace_no % 20000), "request_id": trace_id,
+                           "inventory_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                           "system_id": str(uuid.UUID(int=rng.getrandbits(128))), "status": step,
+                           "status_msg": f"{service} {step} payload {trace_id} after validation of 3 files, "
+                                         "checksums verified, forwarded to the next stage of the pipeline",
+                           "date": at.isoformat()}
+                out.append((trace_id.encode(), json.dumps(doc).encode()))
+                if len(out) == n:
+                    return out
+    return out
+
+
+def rss_peak_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(coro):
+    return asyncio.run(coro)
