@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
@@ -31,6 +32,13 @@ from tracker.settings import Settings
 log = logging.getLogger("tracker.consumer")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    records: dict[TopicPartition, list[ConsumerRecord]]
+    events: list[Event]
+    dead: list[tuple[ConsumerRecord, Invalid]]
 
 
 class Stopping(Exception):
@@ -67,21 +75,37 @@ class Sink:
         return _Rebalance(self)
 
     async def run(self) -> None:
-        """Consume until ``stop`` is set; the batch in flight is finished and committed first."""
-        while not self.stop.is_set():
-            self.last_poll = time.monotonic()
-            batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
-                                                max_records=self.settings.batch_max_records)
-            if not batch:
-                continue
-            async with self.batch_lock:
-                try:
-                    await self.handle(batch)
-                except Stopping:
-                    log.info("stopping with a batch uncommitted; Kafka will redeliver it")
-                    return
+        """Consume until ``stop`` is set; the batch in flight is finished and committed first.
 
-    async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        Two batches overlap: while batch n is written to PostgreSQL (another
+        process, another core), batch n+1 is fetched and validated here. Writes
+        and commits stay strictly in order: n+1 is written only after n committed.
+        """
+        in_flight: asyncio.Task | None = None
+        try:
+            while not self.stop.is_set():
+                self.last_poll = time.monotonic()
+                batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
+                                                    max_records=self.settings.batch_max_records)
+                if not batch:
+                    if in_flight is not None and in_flight.done():
+                        in_flight, done = None, in_flight
+                        await done  # surfaces its exception, if any
+                    continue
+                parsed = self.parse(batch)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self.store(parsed))
+            if in_flight is not None:
+                await in_flight
+        except Stopping:
+            log.info("stopping with a batch uncommitted; Kafka will redeliver it")
+        finally:
+            if in_flight is not None and not in_flight.done():
+                # Only on an error path: its offsets are not committed, so Kafka redelivers it.
+                in_flight.cancel()
+
+    def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> "ParsedBatch":
         events: list[Event] = []
         dead: list[tuple[ConsumerRecord, Invalid]] = []
         max_bytes = self.settings.max_message_bytes
@@ -94,6 +118,18 @@ class Sink:
                     dead.append((record, parsed))
                 else:
                     events.append(parsed)
+        return ParsedBatch(batch, events, dead)
+
+    async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Parse and store one batch (the two steps run() overlaps)."""
+        await self.store(self.parse(batch))
+
+    async def store(self, parsed: "ParsedBatch") -> None:
+        async with self.batch_lock:  # a revocation waits for this batch to commit
+            await self._store(parsed)
+
+    async def _store(self, parsed: "ParsedBatch") -> None:
+        batch, events, dead = parsed.records, parsed.events, parsed.dead
         count = sum(len(r) for r in batch.values())
 
         if dead:
@@ -107,7 +143,12 @@ class Sink:
         result = await self._retrying("database", lambda: self._write(events))
         self.metrics.write_seconds.observe(time.perf_counter() - started)
 
-        await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        # Partitions revoked since the fetch are another consumer's now; it will find
+        # these events already stored. Committing them would only be refused.
+        assigned = self.consumer.assignment()
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if tp in assigned}
+        if offsets:
+            await self._commit(offsets)
 
         now_ms = time.time() * 1000
         for records in batch.values():
