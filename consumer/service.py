@@ -13,7 +13,8 @@ from consumer.health import health_app
 from consumer.metrics import ConsumerMetrics
 from consumer.sink import Sink
 from consumer.store import prepare_connection
-from tracker.db import create_pool, init_connection
+from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection
+from tracker.maintenance import run_maintenance
 from tracker.settings import Settings
 
 log = logging.getLogger("tracker.consumer")
@@ -22,6 +23,22 @@ log = logging.getLogger("tracker.consumer")
 async def _init_connection(conn) -> None:
     await init_connection(conn)
     await prepare_connection(conn)
+
+
+async def maintain(settings: Settings, pool, stop: asyncio.Event) -> None:
+    """Partitions ahead and retention, every maintenance interval, until stopped."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.maintenance_interval_seconds)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            async with pool.acquire() as conn:
+                await run_maintenance(conn, retention_days=settings.retention_days)
+        except TRANSIENT_ERRORS as exc:
+            # The next round will do it; ingestion has its own retries meanwhile.
+            log.warning("maintenance skipped, database unavailable: %s", exc)
 
 
 async def run(settings: Settings) -> None:
@@ -48,7 +65,12 @@ async def run(settings: Settings) -> None:
                                 enable_idempotence=True, max_request_size=settings.max_message_bytes + 64 * 1024)
     sink = Sink(settings, consumer, producer, pool, metrics, stop)
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
+    maintenance: asyncio.Task | None = None
     try:
+        # Partitions exist before the first event is written.
+        async with pool.acquire() as conn:
+            await run_maintenance(conn, retention_days=settings.retention_days)
+        maintenance = asyncio.create_task(maintain(settings, pool, stop))
         await runner.setup()
         await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()
         log.info("consumer metrics and health on http://%s:%s", settings.consumer_host, settings.consumer_port)
@@ -58,6 +80,8 @@ async def run(settings: Settings) -> None:
         log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
         await sink.run()
     finally:
+        if maintenance is not None:
+            maintenance.cancel()
         # stop() leaves the group, so the partitions move to the others at once.
         await consumer.stop()
         await producer.stop()

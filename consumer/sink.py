@@ -165,7 +165,13 @@ class Sink:
 
     async def _write(self, events: list[Event]):
         async with self.pool.acquire() as conn:
-            return await write_batch(conn, events)
+            try:
+                return await write_batch(conn, events)
+            except BaseException:
+                # A connection interrupted mid-COPY can be left in a state asyncpg's pool does
+                # not detect; never reuse it. The pool opens a fresh one for the retry.
+                conn.terminate()
+                raise
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

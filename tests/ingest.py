@@ -9,7 +9,7 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from tests.factories import encode, pipeline_trace
-from tests.reference import expected_state, stored_state
+from tests.reference import expected_rollups, expected_state, stored_rollups, stored_state
 from tracker.events import Event, parse_message
 
 
@@ -48,15 +48,15 @@ async def produce(bootstrap: str, topic: str, messages, rate: float | None = Non
         await producer.stop()
 
 
-async def wait_stored(db, count: int, timeout: float = 120, alive=None) -> None:
+async def wait_stored(db, count: int, timeout: float = 120, process=None) -> None:
     deadline = time.monotonic() + timeout
     stored = 0
     while time.monotonic() < deadline:
         stored = await db.fetchval("SELECT count(*) FROM events")
         if stored >= count:
             return
-        if alive is not None and not alive():
-            raise AssertionError(f"the consumer died with {stored}/{count} events stored")
+        if process is not None and not process.alive:
+            raise AssertionError(f"the consumer died with {stored}/{count} events stored:\n{process.log()[-5000:]}")
         await asyncio.sleep(0.2)
     raise AssertionError(f"only {stored} of {count} events stored after {timeout}s")
 
@@ -72,3 +72,4 @@ async def assert_exactly_once(db, events: list[Event]) -> None:
     wrong = [t for t in want_traces if traces.get(t) != want_traces[t]]
     assert not wrong, f"{len(wrong)} traces differ, e.g. {wrong[0]}: {traces.get(wrong[0])} != {want_traces[wrong[0]]}"
     assert services == want_services
+    assert await stored_rollups(db) == expected_rollups(events)

@@ -3,6 +3,7 @@ incremental rollups in the database must always equal."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from tracker.events import Event
@@ -64,3 +65,50 @@ async def stored_state(conn) -> tuple[dict, dict]:
         for r in await conn.fetch("SELECT * FROM trace_services")
     }
     return traces, services
+
+
+def elapsed_bin(seconds: float) -> int:
+    """Python twin of the SQL function tracker_elapsed_bin (migration 002)."""
+    ms = max(seconds * 1000, 1)
+    return min(160, max(0, math.ceil(math.log(ms) / math.log(1.15))))
+
+
+def _hour(ts):
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
+    """({(minute, service, status): events}, {(hour, kind, service, failed, bin): n}) from scratch."""
+    unique = list({e.event_id: e for e in events}.values())
+    counts: dict = defaultdict(int)
+    for e in unique:
+        counts[(e.timestamp.replace(second=0, microsecond=0), e.service, e.status)] += 1
+    elapsed: dict = defaultdict(int)
+    by_service: dict = defaultdict(list)
+    by_trace: dict = defaultdict(list)
+    for e in unique:
+        by_service[(e.trace_id, e.service)].append(e)
+        by_trace[e.trace_id].append(e)
+    for (_, service), evs in by_service.items():
+        start = min(min(e.timestamp, e.start_time or e.timestamp) for e in evs)
+        outcomes = sorted((e for e in evs if e.status == "success" or e.failed), key=lambda e: (e.timestamp, e.event_id))
+        if outcomes:
+            first = outcomes[0]
+            elapsed[(_hour(first.timestamp), "service", service, first.failed,
+                     elapsed_bin((first.timestamp - start).total_seconds()))] += 1
+    for evs in by_trace.values():
+        finished = [e for e in evs if e.trace_status == "FINISHED"]
+        if finished:
+            finish = _latest(finished)
+            first_at = min(e.timestamp for e in evs)
+            elapsed[(_hour(finish.timestamp), "trace", "", finish.failed,
+                     elapsed_bin((finish.timestamp - first_at).total_seconds()))] += 1
+    return dict(counts), dict(elapsed)
+
+
+async def stored_rollups(conn) -> tuple[dict, dict]:
+    counts = {(r["bucket"], r["service"], r["status"]): r["events"]
+              for r in await conn.fetch("SELECT * FROM rollup_counts WHERE events <> 0")}
+    elapsed = {(r["bucket"], r["kind"], r["service"], r["failed"], r["bin"]): r["n"]
+               for r in await conn.fetch("SELECT * FROM rollup_elapsed WHERE n <> 0")}
+    return counts, elapsed

@@ -27,7 +27,7 @@ async def test_kill_9_at_random_points_loses_and_duplicates_nothing(settings, la
         consumer.kill()
     stored_before_last = await db.fetchval("SELECT count(*) FROM events")
     consumer = await launch.consumer(settings, name="consumer-last")
-    await wait_stored(db, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+    await wait_stored(db, len({e.event_id for e in events}), process=consumer)
     assert 0 < stored_before_last < len(events), "the kills did not land mid-ingest"
     await asyncio.sleep(1)  # let any in-flight redelivered batch land: it must change nothing
     await assert_exactly_once(db, events)
@@ -56,7 +56,7 @@ async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
     conn = await asyncpg.connect(settings.database_url)
     await init_connection(conn)
     try:
-        await wait_stored(conn, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+        await wait_stored(conn, len({e.event_id for e in events}), process=consumer)
         await assert_exactly_once(conn, events)
     finally:
         await conn.close()
@@ -77,7 +77,7 @@ async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
     await asyncio.sleep(0.5)
     await asyncio.to_thread(local_kafka.restart)
     await produce(kafka_bootstrap, settings.topic, messages[half:])
-    await wait_stored(db, len({e.event_id for e in events}), timeout=180, alive=lambda: consumer.alive)
+    await wait_stored(db, len({e.event_id for e in events}), timeout=180, process=consumer)
     await asyncio.sleep(1)
     await assert_exactly_once(db, events)
     assert consumer.alive
@@ -95,7 +95,7 @@ async def test_two_consumers_share_the_work_and_survive_one_being_killed(setting
     await asyncio.sleep(2)
     first.kill()
     await producing
-    await wait_stored(db, len({e.event_id for e in events}), timeout=180, alive=lambda: second.alive)
+    await wait_stored(db, len({e.event_id for e in events}), timeout=180, process=second)
     await asyncio.sleep(1)
     await assert_exactly_once(db, events)
     assert "partitions assigned" in second.log()
@@ -145,7 +145,7 @@ async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_val
     assert invalid >= 2000
     consumer = await launch.consumer(dataclasses.replace(settings, log_level="INFO"))
     await produce(kafka_bootstrap, settings.topic, messages)
-    await wait_stored(db, len({e.event_id for e in events}), alive=lambda: consumer.alive)
+    await wait_stored(db, len({e.event_id for e in events}), process=consumer)
     dead = await read_all(kafka_bootstrap, settings.dlq_topic, invalid, timeout=60)
     assert len(dead) == invalid
     reasons = {dict(r.headers)["tracker.reason"].decode() for r in dead}

@@ -34,6 +34,27 @@ def cmd_migrate(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_retention(args, settings: Settings) -> int:
+    import asyncpg
+
+    from tracker.maintenance import run_maintenance
+
+    if not settings.database_url:
+        raise SettingsError("DATABASE_URL must be set")
+
+    async def go():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await run_maintenance(conn, retention_days=settings.retention_days)
+        finally:
+            await conn.close()
+
+    result = asyncio.run(go())
+    print(json.dumps({"retention_days": settings.retention_days, "partitions_created": result.created,
+                      "partitions_dropped": result.dropped, "traces_deleted": result.traces_deleted}))
+    return 0
+
+
 def cmd_topics(args, settings: Settings) -> int:
     from tracker.topics import ensure_topics
 
@@ -132,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the database migrations (a no-op when up to date)"
                    ).set_defaults(func=cmd_migrate)
 
+    sub.add_parser("retention", help="create the coming days' partitions and drop those past TRACKER_RETENTION_DAYS"
+                   ).set_defaults(func=cmd_retention)
     sub.add_parser("topics", help="create the events and dead-letter topics if missing"
                    ).set_defaults(func=cmd_topics)
 

@@ -23,6 +23,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.InterfaceError,
+    # A protocol state left behind by a connection lost mid-operation; the consumer
+    # discards that connection and retries on a fresh one.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -27,6 +27,8 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
+    "retention_days": ("TRACKER_RETENTION_DAYS", "14"),
+    "maintenance_interval_seconds": ("TRACKER_MAINTENANCE_INTERVAL_SECONDS", "3600"),
     "api_host": ("TRACKER_API_HOST", "127.0.0.1"),
     "api_port": ("TRACKER_API_PORT", "8080"),
     "api_validate_responses": ("TRACKER_API_VALIDATE_RESPONSES", "false"),
@@ -40,7 +42,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
 }
 
 _INT_FIELDS = {
-    "topic_partitions", "session_timeout_ms", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
+    "topic_partitions", "session_timeout_ms", "retention_days", "maintenance_interval_seconds", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
     "api_port", "consumer_port", "db_pool_min", "db_pool_max",
 }
 
@@ -65,6 +67,8 @@ class Settings:
     batch_timeout_ms: int
     max_message_bytes: int
     retry_max_seconds: int
+    retention_days: int
+    maintenance_interval_seconds: int
     api_host: str
     api_port: int
     api_validate_responses: bool

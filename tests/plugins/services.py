@@ -155,5 +155,6 @@ def settings(kafka_bootstrap, database_url, topics, tmp_path) -> Settings:
         api_validate_responses=True,
         state_dir=str(tmp_path),
         log_level="DEBUG",
+        retention_days=3650,  # test events are dated 2026-01-01; nothing of them expires
         session_timeout_ms=6000,  # the broker's minimum: crash tests rebalance sooner
     )

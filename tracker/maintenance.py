@@ -1,0 +1,108 @@
+"""Partitions ahead of time, retention by dropping whole partitions.
+
+Run by the consumer at start and every hour, and by `tracker retention`.
+Daily partitions of `events` are created from yesterday to a few days ahead,
+so inserts never depend on luck; an event dated outside every partition (a
+late or far-future one) lands in events_default, and is moved into its day's
+partition if that partition is created later. Retention drops the partitions
+older than the window and deletes the expired rows of events_default, traces
+and rollups. Identifiers (partition names) are built from dates only, never
+from input.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import asyncpg
+
+log = logging.getLogger("tracker.maintenance")
+
+_NAME = re.compile(r"^events_(\d{4})(\d{2})(\d{2})$")
+# Only one maintainer at a time (several consumers run this).
+_LOCK_KEY = 0x7472_6163_6B72_6D74
+
+
+@dataclass(frozen=True)
+class MaintenanceResult:
+    created: list[str]
+    dropped: list[str]
+    traces_deleted: int
+
+
+def partition_name(day: date) -> str:
+    return f"events_{day:%Y%m%d}"
+
+
+async def existing_partitions(conn: asyncpg.Connection) -> dict[str, date]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'")
+    out = {}
+    for row in rows:
+        match = _NAME.match(row["relname"])
+        if match:
+            out[row["relname"]] = date(*map(int, match.groups()))
+    return out
+
+
+async def create_partition(conn: asyncpg.Connection, day: date) -> None:
+    """Create one day's partition, moving any rows of that day out of events_default first."""
+    name = partition_name(day)
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    end = start + timedelta(days=1)
+    async with conn.transaction():
+        # The name comes from a date, and the bounds are literals of dates: nothing from input.
+        await conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        moved = await conn.execute(
+            f"WITH moved AS (DELETE FROM events_default WHERE ts >= $1 AND ts < $2 RETURNING *) "
+            f"INSERT INTO {name} SELECT * FROM moved", start, end)
+        await conn.execute(f"ALTER TABLE events ATTACH PARTITION {name} "
+                           f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+    if moved != "INSERT 0 0":
+        log.info("created partition %s (%s rows moved from events_default)", name, moved.split()[-1])
+
+
+async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days_ahead: int = 3,
+                          today: date | None = None) -> MaintenanceResult:
+    today = today or datetime.now(timezone.utc).date()
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        return MaintenanceResult([], [], 0)  # another process is at it
+    try:
+        existing = await existing_partitions(conn)
+        oldest_kept = today - timedelta(days=retention_days)
+        created = []
+        day = max(oldest_kept, today - timedelta(days=1))
+        while day <= today + timedelta(days=days_ahead):
+            if partition_name(day) not in existing:
+                await create_partition(conn, day)
+                created.append(partition_name(day))
+            day += timedelta(days=1)
+        dropped = []
+        for name, day in sorted(existing.items(), key=lambda kv: kv[1]):
+            if day < oldest_kept:
+                await conn.execute(f"DROP TABLE {name}")  # name matched ^events_YYYYMMDD$
+                dropped.append(name)
+        cutoff = datetime(oldest_kept.year, oldest_kept.month, oldest_kept.day, tzinfo=timezone.utc)
+        traces_deleted = await _expire_rows(conn, cutoff)
+        if dropped or traces_deleted:
+            log.info("retention %d days: dropped %s, deleted %d traces", retention_days, dropped, traces_deleted)
+        return MaintenanceResult(created, dropped, traces_deleted)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
+    """Rows older than the cutoff outside the dropped partitions: default partition, state, rollups."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM events_default WHERE ts < $1", cutoff)
+        deleted = await conn.fetchval(
+            "WITH gone AS (DELETE FROM traces WHERE last_at < $1 RETURNING trace_id), "
+            "services AS (DELETE FROM trace_services WHERE trace_id IN (SELECT trace_id FROM gone)) "
+            "SELECT count(*) FROM gone", cutoff)
+        await conn.execute("DELETE FROM rollup_counts WHERE bucket < $1", cutoff)
+        await conn.execute("DELETE FROM rollup_elapsed WHERE bucket < $1", cutoff)
+    return deleted
