@@ -41,7 +41,12 @@ class ParameterValidator(connexion_validators.ParameterValidator):
         if not error or error.startswith("Missing"):
             return error
         schema = param.get("schema", param)
-        allowed = ", ".join(f"{k} {v}" for k, v in schema.items()
-                            if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern"))
+        described = schema.get("description") or next(
+            (part.get("description") for part in schema.get("allOf", []) if part.get("description")), None)
+        allowed = described or ", ".join(
+            f"{k} {v}" for k, v in schema.items()
+            if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength"))
         first_line = error.splitlines()[0]
+        if "does not match" in first_line:  # a regular expression helps nobody; the description does
+            first_line = f"{value!r} is not in the expected form"
         return f"{parameter_type} parameter {param['name']!r}: {first_line} (allowed: {allowed})"

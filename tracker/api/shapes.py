@@ -5,8 +5,27 @@ from __future__ import annotations
 from datetime import datetime
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+_iso = iso
+
+
+def trace_summary_out(row) -> dict:
+    out = {
+        "trace_id": row["trace_id"],
+        "done": row["done"],
+        "status": row["status"],
+        "first_seen": iso(row["first_at"]),
+        "last_seen": iso(row["last_at"]),
+        "elapsed_seconds": (row["last_at"] - row["first_at"]).total_seconds(),
+        "event_count": row["event_count"],
+        "error_count": row["error_count"],
+    }
+    for key in ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id"):
+        out[key] = row[key]
+    return out
 
 
 def trace_out(trace, services, error_rows) -> dict:

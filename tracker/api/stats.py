@@ -1,0 +1,50 @@
+"""Handlers for /v1/services and /v1/stats/*: read the rollups the consumer maintains."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from connexion import request
+
+from tracker.api import params
+from tracker.api.problems import bad_request, ok
+from tracker.api.shapes import iso
+from tracker.queries import stats as q
+
+
+def _since(lookback: str) -> datetime:
+    return datetime.now(timezone.utc) - params.duration(lookback, "lookback")
+
+
+async def services(lookback: str = "24h"):
+    async with request.state.pool.acquire() as conn:
+        rows = await q.services(conn, _since(lookback))
+    return ok({"data": [dict(r) for r in rows]})
+
+
+async def counts(lookback: str = "24h", bucket: str = "1h", service: str | None = None):
+    width = params.duration(bucket, "bucket")
+    span = params.duration(lookback, "lookback")
+    if width < timedelta(minutes=1):
+        raise bad_request(f"bucket: {bucket!r} is finer than the rollups, which count per minute; use 1m or more")
+    if span / width > 10_000:
+        raise bad_request(f"lookback / bucket gives {int(span / width)} buckets; at most 10000 are allowed")
+    async with request.state.pool.acquire() as conn:
+        rows = await q.counts(conn, _since(lookback), width, service)
+    return ok({"data": [{"bucket": iso(r["b"]), "service": r["service"], "status": r["status"],
+                         "events": r["events"]} for r in rows]})
+
+
+async def elapsed(lookback: str = "24h", service: str | None = None):
+    async with request.state.pool.acquire() as conn:
+        data = await q.elapsed_percentiles(conn, _since(lookback), service)
+    return ok({"data": data})
+
+
+async def success_rate(lookback: str = "24h"):
+    async with request.state.pool.acquire() as conn:
+        rows = await q.services(conn, _since(lookback))
+    data = [{"service": r["service"], "success": r["success"], "error": r["error"],
+             "success_rate": round(r["success"] / (r["success"] + r["error"]), 6)}
+            for r in rows if r["success"] + r["error"] > 0]
+    return ok({"data": data})

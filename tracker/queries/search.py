@@ -1,0 +1,103 @@
+"""Search queries: traces and events by filters, keyset-paged. Every condition is a
+constant SQL fragment with a $n parameter; only the set of fragments varies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+
+
+@dataclass
+class Where:
+    """AND-ed conditions and their parameters, numbered as they are added."""
+
+    conditions: list[str] = field(default_factory=list)
+    args: list = field(default_factory=list)
+
+    def add(self, fragment: str, *values) -> None:
+        """``fragment`` uses {} for each placeholder, in order: add("a = {}", 1)."""
+        placeholders = []
+        for value in values:
+            self.args.append(value)
+            placeholders.append(f"${len(self.args)}")
+        self.conditions.append(fragment.format(*placeholders))
+
+    def sql(self) -> str:
+        return " AND ".join(self.conditions) if self.conditions else "TRUE"
+
+
+TRACE_COLUMNS = """trace_id, created_at, first_at, last_at, event_count, error_count, done, status,
+    account, org_id, inventory_id, system_id, source, domain, domain_id"""
+
+# Attributes a trace carries (search on traces.<column>).
+TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
+
+
+async def search_traces(conn: asyncpg.Connection, *, filters: dict, since: datetime | None,
+                        until: datetime | None, min_duration: timedelta | None, max_duration: timedelta | None,
+                        after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+    where = Where()
+    for column in TRACE_ATTRIBUTES + ("status", "done"):
+        if filters.get(column) is not None:
+            where.add(f"t.{column} = {{}}", filters[column])
+    if filters.get("service") is not None:
+        where.add("EXISTS (SELECT 1 FROM trace_services s WHERE s.trace_id = t.trace_id AND s.service = {})",
+                  filters["service"])
+    if since is not None:
+        where.add("t.last_at >= {}", since)
+    if until is not None:
+        where.add("t.first_at <= {}", until)
+    if min_duration is not None:
+        where.add("t.last_at - t.first_at >= {}", min_duration)
+    if max_duration is not None:
+        where.add("t.last_at - t.first_at <= {}", max_duration)
+    if after is not None:
+        where.add("(t.created_at, t.trace_id) < ({}, {})", *after)
+    where.args.append(limit)
+    sql = (f"SELECT {TRACE_COLUMNS} FROM traces t WHERE {where.sql()} "
+           f"ORDER BY t.created_at DESC, t.trace_id DESC LIMIT ${len(where.args)}")
+    return await conn.fetch(sql, *where.args)
+
+
+EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_status, start_time, end_time,
+    duration_ms, source, account, org_id, inventory_id, system_id, domain, domain_id, username,
+    operation, path, message, errors, format"""
+
+
+async def search_events(conn: asyncpg.Connection, *, filters: dict, since: datetime | None,
+                        until: datetime | None, after: tuple[datetime, str] | None, limit: int,
+                        include_body: bool) -> list[asyncpg.Record]:
+    where = Where()
+    for column in ("service", "status", "source"):
+        if filters.get(column) is not None:
+            where.add(f"e.{column} = {{}}", filters[column])
+    # Identity filters select the events of the traces carrying the value (indexed on traces).
+    for column in ("account", "org_id", "inventory_id", "system_id", "domain", "domain_id"):
+        if filters.get(column) is not None:
+            where.add(f"e.trace_id IN (SELECT trace_id FROM traces WHERE {column} = {{}})", filters[column])
+    if since is not None:
+        where.add("e.ts >= {}", since)
+    if until is not None:
+        where.add("e.ts <= {}", until)
+    if after is not None:
+        where.add("(e.ts, e.event_id) < ({}, {})", *after)
+    where.args.append(limit)
+    columns = EVENT_COLUMNS + (", exception, meta, body" if include_body else "")
+    sql = (f"SELECT {columns} FROM events e WHERE {where.sql()} "
+           f"ORDER BY e.ts DESC, e.event_id DESC LIMIT ${len(where.args)}")
+    return await conn.fetch(sql, *where.args)
+
+
+LOOKUP_PATH = """
+SELECT DISTINCT ON (trace_id) trace_id, event_id, service, ts
+FROM events WHERE path = $1
+ORDER BY trace_id, ts, event_id
+LIMIT 1000
+"""
+
+
+async def lookup_path(conn: asyncpg.Connection, path: str) -> list[asyncpg.Record]:
+    rows = await conn.fetch(LOOKUP_PATH, path)
+    return sorted(rows, key=lambda r: (r["ts"], r["trace_id"]))

@@ -1,0 +1,77 @@
+"""Rollup queries: they read rollup_counts / rollup_elapsed, never scan events."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from tracker.events import ERROR_STATUSES
+
+_ERRORS = sorted(ERROR_STATUSES)
+
+SERVICES = """
+SELECT service, sum(events)::bigint AS events,
+       coalesce(sum(events) FILTER (WHERE status = 'success'), 0)::bigint AS success,
+       coalesce(sum(events) FILTER (WHERE status = ANY($2::text[])), 0)::bigint AS error
+FROM rollup_counts WHERE bucket >= $1
+GROUP BY service ORDER BY service
+"""
+
+COUNTS = """
+SELECT date_bin($2::interval, bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, service, status,
+       sum(events)::bigint AS events
+FROM rollup_counts
+WHERE bucket >= $1 AND ($3::text IS NULL OR service = $3)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+ELAPSED = """
+SELECT CASE WHEN kind = 'trace' THEN '*trace*' ELSE service END AS name, bin, sum(n)::bigint AS n
+FROM rollup_elapsed
+WHERE bucket >= date_trunc('hour', $1::timestamptz) AND ($2::text IS NULL OR kind = 'trace' OR service = $2)
+GROUP BY 1, 2 HAVING sum(n) > 0 ORDER BY 1, 2
+"""
+
+# 1.15 is the bin ratio of tracker_elapsed_bin (migration 002).
+_RATIO = 1.15
+
+
+async def services(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(SERVICES, since, _ERRORS)
+
+
+async def counts(conn: asyncpg.Connection, since: datetime, bucket: timedelta,
+                 service: str | None) -> list[asyncpg.Record]:
+    return await conn.fetch(COUNTS, since, bucket, service)
+
+
+async def elapsed_percentiles(conn: asyncpg.Connection, since: datetime,
+                              service: str | None) -> list[dict]:
+    rows = await conn.fetch(ELAPSED, since, service)
+    by_name: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append((row["bin"], row["n"]))
+    return [{"service": name, **percentiles(bins)} for name, bins in by_name.items()]
+
+
+def bin_seconds(b: int) -> float:
+    """A bin's representative value: its geometric middle (bin 0 holds everything <= 1 ms)."""
+    if b <= 0:
+        return 0.001
+    return _RATIO ** (b - 0.5) / 1000
+
+
+def percentiles(bins: list[tuple[int, int]]) -> dict:
+    total = sum(n for _, n in bins)
+    out = {"count": total}
+    for p in (50, 90, 95, 99):
+        rank = math.ceil(total * p / 100)
+        seen = 0
+        for b, n in sorted(bins):
+            seen += n
+            if seen >= rank:
+                out[f"p{p}"] = round(bin_seconds(b), 6)
+                break
+    return out
