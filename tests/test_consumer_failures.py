@@ -106,7 +106,7 @@ def malformed(rng: random.Random, valid: bytes) -> bytes | None:
     doc = json.loads(valid)
     required = [k for k in ("service", "request_id", "trace_id", "status", "date", "timestamp") if k in doc]
     trace_key = "request_id" if "request_id" in doc else "trace_id"
-    kind = rng.randrange(9)
+    kind = rng.randrange(10)
     if kind == 0:
         return valid[: rng.randrange(1, len(valid) - 1)]  # truncated JSON
     if kind == 1:
@@ -126,6 +126,8 @@ def malformed(rng: random.Random, valid: bytes) -> bytes | None:
         for _ in range(rng.randrange(40, 400)):
             nested = [nested]
         doc["status_msg"] = nested
+    elif kind == 8:
+        doc[rng.choice(required)] = "nul\x00inside"  # PostgreSQL cannot store U+0000
     else:
         return json.dumps(rng.choice([[doc], "text", 42, None])).encode()
     return json.dumps(doc).encode()
@@ -150,6 +152,6 @@ async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_val
     assert len(dead) == invalid
     reasons = {dict(r.headers)["tracker.reason"].decode() for r in dead}
     assert {"not_json", "not_utf8", "null_value", "missing_field", "wrong_type", "too_long", "too_large",
-            "too_deep", "not_object"} <= reasons
+            "too_deep", "not_object", "nul_character"} <= reasons
     await assert_exactly_once(db, events)
     assert consumer.alive

@@ -109,6 +109,10 @@ def test_null_fields_count_as_absent():
     (json.dumps({"trace_id": "t", "component": "c", "trace_event_status": "MAYBE", "end_time": "2024-01-01"}).encode(),
      "invalid_value"),
     (json.dumps({"trace_id": "t", "component": "c", "trace_event_status": "OK"}).encode(), "missing_field"),
+    (json.dumps({"service": "s", "request_id": "r\x00", "status": "x", "date": "2024-01-01"}).encode(),
+     "nul_character"),
+    (json.dumps({"trace_id": "t", "service": "s", "status": "x", "timestamp": "2024-01-01",
+                 "body": {"k\x00": 1}}).encode(), "nul_character"),
 ])
 def test_invalid_messages_get_a_reason_and_a_sentence(value, reason):
     result = parse_message(value, max_bytes=MAX)

@@ -31,7 +31,7 @@ FORMATS = ("tracker", "payload_tracker", "status_api")
 # Reasons are a metric label and a dead-letter header: a fixed, small set.
 REASONS = (
     "null_value", "too_large", "not_utf8", "not_json", "not_object", "too_deep",
-    "missing_field", "wrong_type", "too_long", "invalid_value", "conflicting_fields",
+    "missing_field", "wrong_type", "too_long", "invalid_value", "conflicting_fields", "nul_character",
 )
 
 
@@ -125,6 +125,8 @@ def parse_document(doc: Any) -> Event | Invalid:
             raise _Rejected("not_object", f"an event must be a JSON object, got {type(doc).__name__}")
         if _depth(doc) > MAX_DEPTH:
             raise _Rejected("too_deep", f"the event nests deeper than {MAX_DEPTH} levels")
+        if _has_nul(doc):
+            raise _Rejected("nul_character", "the event contains the character U+0000, which cannot be stored")
         doc = {k: v for k, v in doc.items() if v is not None}
         return _normalise(doc, detect_format(doc))
     except _Rejected as rejected:
@@ -151,6 +153,10 @@ def _decode(value: bytes | None, max_bytes: int) -> dict:
     # Counting brackets is C-fast; only a message with many of them can be too deep.
     if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
         raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels")
+    # PostgreSQL text and jsonb cannot hold U+0000: such a message could never be stored,
+    # and must not become a poison message that stops the partition.
+    if b"\\u0000" in value and _has_nul(doc):
+        raise _Rejected("nul_character", "the message contains the character U+0000, which cannot be stored")
     # A null field means "not given" in both ancestors' producers.
     return {k: v for k, v in doc.items() if v is not None}
 
@@ -170,6 +176,21 @@ def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
         depth += 1
         level = nxt
     return depth
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def detect_format(doc: dict) -> str:

@@ -37,6 +37,9 @@ class ParameterValidator(connexion_validators.ParameterValidator):
 
     @staticmethod
     def validate_parameter(parameter_type, value, param, param_name=None):
+        if isinstance(value, str) and "\x00" in value:
+            return (f"{parameter_type} parameter {param['name']!r} contains the character U+0000, "
+                    "which no trace, service or path can contain")
         error = connexion_validators.ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
         if not error or error.startswith("Missing"):
             return error
