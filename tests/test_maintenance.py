@@ -1,0 +1,67 @@
+"""Partitions are created ahead by the system, and retention drops whole partitions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+
+from consumer.store import prepare_connection, write_batch
+from tests.factories import encode, payload_tracker
+from tracker.events import parse_message
+from tracker.maintenance import existing_partitions, run_maintenance
+
+TODAY = date(2026, 3, 10)
+
+
+def at(day: date, hour: int = 12) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=timezone.utc)
+
+
+async def write(db, docs):
+    await prepare_connection(db)
+    await write_batch(db, [parse_message(encode(d), max_bytes=1 << 20) for d in docs])
+
+
+async def test_partitions_are_created_ahead_and_late_events_are_moved_in(db):
+    # An event for a day with no partition yet lands in events_default ...
+    await write(db, [payload_tracker("early", "svc", "received", at(TODAY + timedelta(days=1)))])
+    assert await db.fetchval("SELECT count(*) FROM events_default") == 1
+    result = await run_maintenance(db, retention_days=14, days_ahead=3, today=TODAY)
+    parts = await existing_partitions(db)
+    assert sorted(parts.values()) == [TODAY + timedelta(days=d) for d in range(-1, 4)]
+    assert len(result.created) == 5
+    # ... and is moved into its day's partition when that partition is created.
+    assert await db.fetchval("SELECT count(*) FROM events_default") == 0
+    assert await db.fetchval("SELECT count(*) FROM events_20260311") == 1
+    # New events go straight to their partition; a second run changes nothing.
+    await write(db, [payload_tracker("now", "svc", "received", at(TODAY))])
+    assert await db.fetchval("SELECT count(*) FROM events_20260310") == 1
+    again = await run_maintenance(db, retention_days=14, days_ahead=3, today=TODAY)
+    assert again.created == [] and again.dropped == []
+
+
+async def test_retention_drops_whole_partitions_and_expired_state(db):
+    await run_maintenance(db, retention_days=14, days_ahead=1, today=TODAY)
+    await write(db, [payload_tracker("old", "svc", "received", at(TODAY - timedelta(days=1))),
+                     payload_tracker("older", "svc", "received", at(TODAY - timedelta(days=30))),
+                     payload_tracker("new", "svc", "received", at(TODAY))])
+    # Ten days later, with a 7-day retention: yesterday's partition and the older default rows go.
+    later = TODAY + timedelta(days=10)
+    result = await run_maintenance(db, retention_days=7, days_ahead=1, today=later)
+    assert "events_20260309" in result.dropped and "events_20260310" in result.dropped
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+    assert result.traces_deleted == 3
+    assert await db.fetchval("SELECT count(*) FROM traces") == 0
+    assert await db.fetchval("SELECT count(*) FROM trace_services") == 0
+    assert await db.fetchval("SELECT count(*) FROM rollup_counts") == 0
+
+
+async def test_tracker_retention_command_reports_what_it_did(database_url):
+    out = subprocess.run([sys.executable, "-m", "tracker.cli", "retention"], capture_output=True, text=True,
+                         env={"DATABASE_URL": database_url, "TRACKER_RETENTION_DAYS": "14", "PATH": "/usr/bin:/bin"},
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["retention_days"] == 14 and len(report["partitions_created"]) == 5
