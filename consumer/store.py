@@ -153,6 +153,11 @@ counts AS (
     SELECT date_trunc('minute', ts), service, status, count(*) FROM new GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
 ),
+counts_hour AS (
+    INSERT INTO rollup_counts_hour AS r (bucket, service, status, events)
+    SELECT date_trunc('hour', ts), service, status, count(*) FROM new GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
+),
 elapsed_changes AS (
     SELECT o.outcome_at AS at, 'service' AS kind, o.service, o.outcome_failed AS failed,
            o.outcome_at - o.start_at AS elapsed, -1 AS n

@@ -109,6 +109,11 @@ def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
 async def stored_rollups(conn) -> tuple[dict, dict]:
     counts = {(r["bucket"], r["service"], r["status"]): r["events"]
               for r in await conn.fetch("SELECT * FROM rollup_counts WHERE events <> 0")}
+    hourly = await conn.fetch("SELECT * FROM rollup_counts_hour")
+    from_minutes: dict = defaultdict(int)
+    for (bucket, service, status), n in counts.items():
+        from_minutes[(bucket.replace(minute=0), service, status)] += n
+    assert {(r["bucket"], r["service"], r["status"]): r["events"] for r in hourly} == dict(from_minutes)
     elapsed = {(r["bucket"], r["kind"], r["service"], r["failed"], r["bin"]): r["n"]
                for r in await conn.fetch("SELECT * FROM rollup_elapsed WHERE n <> 0")}
     return counts, elapsed

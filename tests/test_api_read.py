@@ -277,3 +277,23 @@ async def test_rollup_endpoints(db, api):
     assert elapsed["*trace*"]["count"] == 10 and 20 * 0.9 <= elapsed["*trace*"]["p50"] <= 20 * 1.1
     body = await api("/v1/stats/counts?bucket=10s", expect=400)
     assert "1m" in body["detail"]
+
+
+async def test_windows_are_exact_across_the_hourly_and_minute_rollups(db, api):
+    """A window that starts mid-hour reads whole hours from the hourly rollup and the rest
+    from the per-minute one: the counts are the same as counting the events."""
+    anchor = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=150)
+    docs = []
+    for i in range(10):
+        start = anchor + timedelta(minutes=15 * i, seconds=20)
+        docs.append(payload_tracker(f"w-{i}", "ingress", "received", start))
+        docs.append(payload_tracker(f"w-{i}", "ingress", "success", start + timedelta(seconds=i + 1)))
+    await store(db, docs)
+    since = anchor + timedelta(minutes=37, seconds=30)  # keeps i >= 3
+    lookback = f"{(datetime.now(timezone.utc) - since).total_seconds():.3f}s"
+    services = (await api(f"/v1/services?lookback={lookback}"))["data"]
+    assert services == [{"service": "ingress", "events": 14, "success": 7, "error": 0}]
+    counts = (await api(f"/v1/stats/counts?lookback={lookback}&bucket=1h"))["data"]
+    assert sum(c["events"] for c in counts) == 14
+    fine = (await api(f"/v1/stats/counts?lookback={lookback}&bucket=15m"))["data"]
+    assert sum(c["events"] for c in fine) == 14

@@ -104,5 +104,6 @@ async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
             "services AS (DELETE FROM trace_services WHERE trace_id IN (SELECT trace_id FROM gone)) "
             "SELECT count(*) FROM gone", cutoff)
         await conn.execute("DELETE FROM rollup_counts WHERE bucket < $1", cutoff)
+        await conn.execute("DELETE FROM rollup_counts_hour WHERE bucket < $1", cutoff)
         await conn.execute("DELETE FROM rollup_elapsed WHERE bucket < $1", cutoff)
     return deleted

@@ -6,6 +6,8 @@ import contextlib
 from pathlib import Path
 
 import connexion
+import orjson
+from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
@@ -14,6 +16,18 @@ from tracker.db import TRANSIENT_ERRORS, create_pool
 from tracker.settings import Settings
 
 SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "swagger"
+
+
+class OrjsonModule:
+    """The json-module interface Connexion's Jsonifier wants, backed by orjson (several times faster)."""
+
+    @staticmethod
+    def dumps(data, **_ignored) -> str:
+        return orjson.dumps(data).decode()
+
+    @staticmethod
+    def loads(data):
+        return orjson.loads(data)
 
 
 def create_app(settings: Settings, *, validate_responses: bool = False) -> connexion.AsyncApp:
@@ -28,7 +42,8 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         finally:
             await pool.close()
 
-    app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan)
+    app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,
+                             jsonifier=Jsonifier(OrjsonModule))
     app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
                 validator_map={"parameter": ParameterValidator})
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)

@@ -8,6 +8,7 @@ from connexion.exceptions import ProblemException  # noqa: F401  (re-exported)
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.problem import problem
 from connexion import validators as connexion_validators
+from jsonschema import Draft4Validator
 
 log = logging.getLogger("tracker.api")
 
@@ -37,6 +38,11 @@ class ParameterValidator(connexion_validators.ParameterValidator):
 
     @staticmethod
     def validate_parameter(parameter_type, value, param, param_name=None):
+        if value is not None and not (isinstance(value, str) and "\x00" in value):
+            # Fast path: one compiled validator per parameter, instead of Connexion's deepcopy
+            # and new validator on every request (a third of a trace lookup's time).
+            if _cached_validator(param).is_valid(value):
+                return None
         if isinstance(value, str) and "\x00" in value:
             return (f"{parameter_type} parameter {param['name']!r} contains the character U+0000, "
                     "which no trace, service or path can contain")
@@ -53,3 +59,16 @@ class ParameterValidator(connexion_validators.ParameterValidator):
         if "does not match" in first_line:  # a regular expression helps nobody; the description does
             first_line = f"{value!r} is not in the expected form"
         return f"{parameter_type} parameter {param['name']!r}: {first_line} (allowed: {allowed})"
+
+
+_VALIDATORS: dict[int, tuple[dict, Draft4Validator]] = {}
+
+
+def _cached_validator(param: dict) -> Draft4Validator:
+    # Keyed by the parameter object Connexion keeps for the life of the app; the
+    # object itself is kept alongside so that its id cannot be reused.
+    entry = _VALIDATORS.get(id(param))
+    if entry is None or entry[0] is not param:
+        entry = (param, Draft4Validator(param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER))
+        _VALIDATORS[id(param)] = entry
+    return entry[1]

@@ -20,7 +20,7 @@ async def get_trace(trace_id: str):
         found = await q.fetch_trace(conn, trace_id)
     if found is None:
         raise _unknown(trace_id)
-    return ok(trace_out(*found))
+    return ok(trace_out(found))
 
 
 async def get_trace_events(trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None,

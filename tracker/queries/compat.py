@@ -64,14 +64,18 @@ async def statuses(conn: asyncpg.Connection, *, filters: dict, dates: dict, crea
 
 async def payload_statuses(conn: asyncpg.Connection, request_id: str, sort_by: str, sort_dir: str):
     order = f"{STATUS_SORT[sort_by]} {_DIRECTION[sort_dir]}, ts, event_id"
-    return await conn.fetch(f"SELECT {STATUS_COLUMNS} FROM events WHERE trace_id = $1 ORDER BY {order} "
-                            f"LIMIT 10000", request_id)
+    return await conn.fetch(f"SELECT {STATUS_COLUMNS} FROM events WHERE trace_id = $1 "
+                            "AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1) "
+                            "AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1) "
+                            f"ORDER BY {order} LIMIT 10000", request_id)
 
 
 STATUS_API_EVENTS = """
 SELECT event_id, trace_id, domain, domain_id, start_time, end_time, trace_status, failed, username, service,
        operation, body, meta, path, duration_ms, exception, errors, message
-FROM events WHERE trace_id = $1 ORDER BY ts, event_id LIMIT 10000
+FROM events WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
+  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1)
+ORDER BY ts, event_id LIMIT 10000
 """
 
 

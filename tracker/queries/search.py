@@ -35,9 +35,14 @@ TRACE_COLUMNS = """trace_id, created_at, first_at, last_at, event_count, error_c
 TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 
 
-async def search_traces(conn: asyncpg.Connection, *, filters: dict, since: datetime | None,
-                        until: datetime | None, min_duration: timedelta | None, max_duration: timedelta | None,
-                        after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+async def search_traces(conn: asyncpg.Connection, **criteria) -> list[asyncpg.Record]:
+    sql, args = search_traces_sql(**criteria)
+    return await conn.fetch(sql, *args)
+
+
+def search_traces_sql(*, filters: dict, since: datetime | None = None, until: datetime | None = None,
+                      min_duration: timedelta | None = None, max_duration: timedelta | None = None,
+                      after: tuple[datetime, str] | None = None, limit: int = 51) -> tuple[str, list]:
     where = Where()
     for column in TRACE_ATTRIBUTES + ("status", "done"):
         if filters.get(column) is not None:
@@ -58,7 +63,7 @@ async def search_traces(conn: asyncpg.Connection, *, filters: dict, since: datet
     where.args.append(limit)
     sql = (f"SELECT {TRACE_COLUMNS} FROM traces t WHERE {where.sql()} "
            f"ORDER BY t.created_at DESC, t.trace_id DESC LIMIT ${len(where.args)}")
-    return await conn.fetch(sql, *where.args)
+    return sql, where.args
 
 
 EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_status, start_time, end_time,
@@ -66,9 +71,14 @@ EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_status
     operation, path, message, errors, format"""
 
 
-async def search_events(conn: asyncpg.Connection, *, filters: dict, since: datetime | None,
-                        until: datetime | None, after: tuple[datetime, str] | None, limit: int,
-                        include_body: bool) -> list[asyncpg.Record]:
+async def search_events(conn: asyncpg.Connection, **criteria) -> list[asyncpg.Record]:
+    sql, args = search_events_sql(**criteria)
+    return await conn.fetch(sql, *args)
+
+
+def search_events_sql(*, filters: dict, since: datetime | None = None, until: datetime | None = None,
+                      after: tuple[datetime, str] | None = None, limit: int = 51,
+                      include_body: bool = False) -> tuple[str, list]:
     where = Where()
     for column in ("service", "status", "source"):
         if filters.get(column) is not None:
@@ -87,7 +97,7 @@ async def search_events(conn: asyncpg.Connection, *, filters: dict, since: datet
     columns = EVENT_COLUMNS + (", exception, meta, body" if include_body else "")
     sql = (f"SELECT {columns} FROM events e WHERE {where.sql()} "
            f"ORDER BY e.ts DESC, e.event_id DESC LIMIT ${len(where.args)}")
-    return await conn.fetch(sql, *where.args)
+    return sql, where.args
 
 
 LOOKUP_PATH = """

@@ -11,15 +11,37 @@ from tracker.events import ERROR_STATUSES
 
 _ERRORS = sorted(ERROR_STATUSES)
 
-SERVICES = """
+# A window [since, now] read exactly: whole hours from the hourly rollup, the
+# partial first hour from the per-minute one.
+_WINDOW = """
+    SELECT bucket, service, status, events FROM rollup_counts_hour
+    WHERE bucket >= date_trunc('hour', $1::timestamptz) + CASE WHEN date_trunc('hour', $1::timestamptz) = $1
+                                                          THEN interval '0' ELSE interval '1 hour' END
+    UNION ALL
+    SELECT bucket, service, status, events FROM rollup_counts
+    WHERE bucket >= $1 AND bucket < date_trunc('hour', $1::timestamptz)
+                                    + CASE WHEN date_trunc('hour', $1::timestamptz) = $1
+                                           THEN interval '0' ELSE interval '1 hour' END
+"""
+
+SERVICES = f"""
 SELECT service, sum(events)::bigint AS events,
        coalesce(sum(events) FILTER (WHERE status = 'success'), 0)::bigint AS success,
        coalesce(sum(events) FILTER (WHERE status = ANY($2::text[])), 0)::bigint AS error
-FROM rollup_counts WHERE bucket >= $1
+FROM ({_WINDOW}) w
 GROUP BY service ORDER BY service
 """
 
-COUNTS = """
+# Buckets of whole hours read the hourly rollup; finer ones the per-minute one.
+COUNTS_HOURLY = f"""
+SELECT date_bin($2::interval, bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, service, status,
+       sum(events)::bigint AS events
+FROM ({_WINDOW}) w
+WHERE ($3::text IS NULL OR service = $3)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+COUNTS_MINUTE = """
 SELECT date_bin($2::interval, bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, service, status,
        sum(events)::bigint AS events
 FROM rollup_counts
@@ -44,7 +66,8 @@ async def services(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Re
 
 async def counts(conn: asyncpg.Connection, since: datetime, bucket: timedelta,
                  service: str | None) -> list[asyncpg.Record]:
-    return await conn.fetch(COUNTS, since, bucket, service)
+    hourly = bucket % timedelta(hours=1) == timedelta(0)
+    return await conn.fetch(COUNTS_HOURLY if hourly else COUNTS_MINUTE, since, bucket, service)
 
 
 async def elapsed_percentiles(conn: asyncpg.Connection, since: datetime,
