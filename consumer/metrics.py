@@ -12,11 +12,38 @@ import tracker
 _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+# Elapsed times in a pipeline: milliseconds to hours.
+_ELAPSED_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+                    7200, 14400, 43200, 86400)
+
+
+class LabelBounder:
+    """Keeps a label's values bounded: the first ``limit`` distinct values pass, later ones become 'other'.
+
+    First come rather than "most frequent over time" because a Prometheus series must
+    keep its labels: a value once admitted keeps its series, and a burst of junk service
+    names can add at most ``limit`` series. Services normally appear in the first minutes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.admitted:
+            return value
+        if len(self.admitted) < self.limit:
+            self.admitted.add(value)
+            return value
+        return "other"
 
 
 class ConsumerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_services: int = 50,
+                 max_statuses: int = 20) -> None:
         self.registry = registry or CollectorRegistry()
+        self.service_label = LabelBounder(max_services)
+        self.status_label = LabelBounder(max_statuses)
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -47,7 +74,41 @@ class ConsumerMetrics:
                                          "Partitions currently assigned to this consumer.", registry=r)
         self.paused = Gauge("tracker_consumer_paused",
                             "1 while consumption waits for PostgreSQL or Kafka to come back.", registry=r)
+        self.lag = Gauge("tracker_consumer_lag_messages",
+                         "Messages in the partition not yet committed by this consumer group.", ["partition"],
+                         registry=r)
+        self.highwater = Gauge("tracker_consumer_highwater_offset",
+                               "The partition's high-water mark: its rate is the produce rate.", ["partition"],
+                               registry=r)
+        # Business metrics: bounded labels only (see LabelBounder), never a trace or event id.
+        self.events = Counter("tracker_events_total", "New events stored, by service and status.",
+                              ["service", "status"], registry=r)
+        self.service_elapsed = Histogram(
+            "tracker_service_elapsed_seconds",
+            "Per service and trace: from its first event to its first outcome (success or error).",
+            ["service", "outcome"], buckets=_ELAPSED_BUCKETS, registry=r)
+        self.trace_elapsed = Histogram("tracker_trace_elapsed_seconds",
+                                       "Per trace: from its first event to its finishing event.", ["outcome"],
+                                       buckets=_ELAPSED_BUCKETS, registry=r)
+        self.traces_finished = Counter("tracker_traces_finished_total", "Traces finished, by outcome.",
+                                       ["outcome"], registry=r)
+        for outcome in ("success", "error"):
+            self.traces_finished.labels(outcome)
         for result in ("stored", "duplicate", "dead_lettered"):
             self.messages.labels(result)
         for target in ("database", "kafka"):
             self.retries.labels(target)
+
+    def record_batch(self, result) -> None:
+        """The business metrics of one committed batch (an observation is made when a value
+        first becomes known; a later out-of-order event does not retract it: the database
+        rollups are the exact figures, these are for rates and alerting)."""
+        for service, status, n in result.counts:
+            self.events.labels(self.service_label(service), self.status_label(status)).inc(n)
+        for kind, service, failed, seconds in result.elapsed:
+            outcome = "error" if failed else "success"
+            if kind == "service":
+                self.service_elapsed.labels(self.service_label(service), outcome).observe(seconds)
+            else:
+                self.trace_elapsed.labels(outcome).observe(seconds)
+                self.traces_finished.labels(outcome).inc()

@@ -47,7 +47,8 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    metrics = ConsumerMetrics()
+    metrics = ConsumerMetrics(max_services=settings.metrics_max_services,
+                              max_statuses=settings.metrics_max_statuses)
     pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=2)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -65,12 +66,12 @@ async def run(settings: Settings) -> None:
                                 enable_idempotence=True, max_request_size=settings.max_message_bytes + 64 * 1024)
     sink = Sink(settings, consumer, producer, pool, metrics, stop)
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
-    maintenance: asyncio.Task | None = None
+    tasks: list[asyncio.Task] = []
     try:
         # Partitions exist before the first event is written.
         async with pool.acquire() as conn:
             await run_maintenance(conn, retention_days=settings.retention_days)
-        maintenance = asyncio.create_task(maintain(settings, pool, stop))
+        tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
         await runner.setup()
         await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()
         log.info("consumer metrics and health on http://%s:%s", settings.consumer_host, settings.consumer_port)
@@ -78,10 +79,11 @@ async def run(settings: Settings) -> None:
         consumer.subscribe([settings.topic], listener=sink.listener())
         await consumer.start()
         log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
+        tasks.append(asyncio.create_task(sink.report_lag()))
         await sink.run()
     finally:
-        if maintenance is not None:
-            maintenance.cancel()
+        for task in tasks:
+            task.cancel()
         # stop() leaves the group, so the partitions move to the others at once.
         await consumer.stop()
         await producer.stop()

@@ -69,6 +69,7 @@ class Sink:
         self.metrics = metrics
         self.stop = stop
         self.batch_lock = asyncio.Lock()
+        self.committed: dict[TopicPartition, int] = {}
         self.last_poll = time.monotonic()
 
     def listener(self) -> ConsumerRebalanceListener:
@@ -104,6 +105,33 @@ class Sink:
             if in_flight is not None and not in_flight.done():
                 # Only on an error path: its offsets are not committed, so Kafka redelivers it.
                 in_flight.cancel()
+
+    async def report_lag(self, interval: float = 5.0) -> None:
+        """Every few seconds: per partition, the high-water mark and what is not committed yet.
+        Runs apart from the batch loop so that lag still shows while writes are retried."""
+        while not self.stop.is_set():
+            for tp in self.consumer.assignment():
+                highwater = self.consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                committed = self.committed.get(tp)
+                if committed is None:
+                    committed = await self._committed(tp)
+                partition = str(tp.partition)
+                self.metrics.highwater.labels(partition).set(highwater)
+                self.metrics.lag.labels(partition).set(max(0, highwater - committed))
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        try:
+            offset = await self.consumer.committed(tp)
+        except KafkaError:
+            return 0
+        self.committed[tp] = offset or 0
+        return self.committed[tp]
 
     def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> "ParsedBatch":
         events: list[Event] = []
@@ -149,12 +177,14 @@ class Sink:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if tp in assigned}
         if offsets:
             await self._commit(offsets)
+            self.committed.update(offsets)
 
         now_ms = time.time() * 1000
         for records in batch.values():
             for record in records:
                 if record.timestamp and record.timestamp > 0:
                     self.metrics.event_lag.observe(max(0.0, (now_ms - record.timestamp) / 1000))
+        self.metrics.record_batch(result)
         self.metrics.messages.labels("stored").inc(result.inserted)
         self.metrics.messages.labels("duplicate").inc(result.duplicates)
         self.metrics.messages.labels("dead_lettered").inc(len(dead))

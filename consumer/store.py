@@ -9,7 +9,7 @@ the order in which events arrive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -188,7 +188,11 @@ elapsed AS (
     FROM elapsed_changes GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (bucket, kind, service, failed, bin) DO UPDATE SET n = r.n + EXCLUDED.n
 )
-SELECT count(*) FROM new
+SELECT (SELECT count(*) FROM new) AS inserted,
+       (SELECT coalesce(json_agg(json_build_array(service, status, n)), '[]')
+        FROM (SELECT service, status, count(*) AS n FROM new GROUP BY 1, 2) c) AS counts,
+       (SELECT coalesce(json_agg(json_build_array(kind, service, failed, extract(epoch FROM elapsed))), '[]')
+        FROM elapsed_changes WHERE n = 1) AS elapsed
 """
 
 # The overall status needs every service's latest event, not only this
@@ -209,6 +213,10 @@ WHERE t.trace_id = ANY($1::text[])
 class BatchResult:
     inserted: int      # new events
     duplicates: int    # events already stored (redelivery, or the same event sent twice)
+    # New events per (service, status), for the business metrics.
+    counts: list = field(default_factory=list)
+    # Elapsed times that became known: (kind 'service'|'trace', service, failed, seconds).
+    elapsed: list = field(default_factory=list)
 
 
 def event_record(event: Event) -> tuple:
@@ -233,6 +241,7 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event]) -> Batc
         await conn.copy_records_to_table("staging_events", records=[event_record(e) for e in events],
                                          columns=COLUMNS)
         await conn.execute(LOCK_STATE)
-        inserted = await conn.fetchval(UPSERT_BATCH)
+        row = await conn.fetchrow(UPSERT_BATCH)
         await conn.execute(REFRESH_STATUS, sorted({e.trace_id for e in events}))
-    return BatchResult(inserted, len(events) - inserted)
+    inserted = row["inserted"]
+    return BatchResult(inserted, len(events) - inserted, row["counts"], row["elapsed"])

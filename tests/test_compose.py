@@ -36,7 +36,7 @@ def test_published_ports_match_the_port_settings():
 def test_images_are_pinned_to_versions():
     for name, service in COMPOSE["services"].items():
         image = service.get("image", "")
-        assert re.search(r":\d[\w.\-]*$", image), f"{name}: image {image!r} is not pinned to a version"
+        assert re.search(r":v?\d[\w.\-]*$", image), f"{name}: image {image!r} is not pinned to a version"
     base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
     assert re.search(r":\d+\.\d+\.\d+", base), base
 
@@ -55,3 +55,31 @@ def test_commands_name_modules_that_exist():
         for module in re.findall(r"python -m ([\w.]+)", command):
             path = ROOT / module.replace(".", "/")
             assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), (name, module)
+
+
+def test_mounted_files_exist():
+    for name, service in COMPOSE["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+
+
+def test_prometheus_scrapes_the_ports_the_processes_listen_on():
+    config = yaml.safe_load((ROOT / "prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]}
+    consumer_env = COMPOSE["services"]["consumer"]["environment"]
+    api_env = COMPOSE["services"]["api"]["environment"]
+    assert targets["tracker-consumer"] == f"consumer:{consumer_env['TRACKER_CONSUMER_PORT']}"
+    assert targets["tracker-api"] == f"api:{api_env['TRACKER_API_PORT']}"
+    assert "/etc/prometheus/rules.yml" in config["rule_files"]
+    mounted = COMPOSE["services"]["prometheus"]["volumes"]
+    assert any(v.endswith(":/etc/prometheus/rules.yml:ro") for v in mounted)
+
+
+def test_grafana_provisions_the_dashboard_from_the_mounted_folder():
+    providers = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/tracker.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    assert any(v.split(":")[1] == path for v in COMPOSE["services"]["grafana"]["volumes"])
+    datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"

@@ -36,6 +36,8 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
     "db_pool_max": ("TRACKER_DB_POOL_MAX", "10"),
+    "metrics_max_services": ("TRACKER_METRICS_MAX_SERVICES", "50"),
+    "metrics_max_statuses": ("TRACKER_METRICS_MAX_STATUSES", "20"),
     "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
     "state_dir": ("TRACKER_STATE_DIR", ".tracker"),
     "api_url": ("TRACKER_API_URL", "http://127.0.0.1:8080"),
@@ -43,7 +45,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
 
 _INT_FIELDS = {
     "topic_partitions", "session_timeout_ms", "retention_days", "maintenance_interval_seconds", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
-    "api_port", "consumer_port", "db_pool_min", "db_pool_max",
+    "api_port", "consumer_port", "metrics_max_services", "metrics_max_statuses", "db_pool_min", "db_pool_max",
 }
 
 
@@ -76,6 +78,8 @@ class Settings:
     consumer_port: int
     db_pool_min: int
     db_pool_max: int
+    metrics_max_services: int
+    metrics_max_statuses: int
     log_level: str
     state_dir: str
     api_url: str
