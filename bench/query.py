@@ -88,6 +88,8 @@ DERIVE = [
        FROM events GROUP BY trace_id""",
     """INSERT INTO rollup_counts (bucket, service, status, events)
        SELECT date_trunc('minute', ts), service, status, count(*) FROM events GROUP BY 1, 2, 3""",
+    """INSERT INTO rollup_counts_hour (bucket, service, status, events)
+       SELECT date_trunc('hour', bucket), service, status, sum(events) FROM rollup_counts GROUP BY 1, 2, 3""",
     """INSERT INTO rollup_elapsed (bucket, kind, service, failed, bin, n)
        SELECT date_trunc('hour', outcome_at), 'service', service, outcome_failed,
               tracker_elapsed_bin(outcome_at - start_at), count(*)
@@ -105,6 +107,8 @@ async def load(url: str, traces: int) -> None:
         loaded = await conn.fetchval("SELECT count(*) FROM traces")
         if loaded == traces:
             print(f"data set already loaded ({traces:,} traces)", flush=True)
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM rollup_counts_hour)"):
+                await conn.execute(DERIVE[3])  # loaded before the hourly rollup existed
             return
         if loaded:
             raise SystemExit("the database holds another data set; use a new --keep folder")
@@ -125,6 +129,7 @@ async def load(url: str, traces: int) -> None:
             began = time.perf_counter()
             await conn.execute(sql)
             print(f"  derived {sql.split()[2]} ({time.perf_counter() - began:.0f} s)", flush=True)
+        assert "rollup_counts_hour" in DERIVE[3]
         await conn.execute("UPDATE traces SET created_at = first_at")  # as if ingested live
         await conn.execute("VACUUM ANALYZE")
     finally:

@@ -111,41 +111,166 @@ def cmd_send(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_status(args, settings: Settings) -> int:
+class ApiError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _get(session, api: str, path: str, params: dict | None = None):
+    params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in (params or {}).items() if v is not None}
+    async with session.get(f"{api.rstrip('/')}{path}", params=params) as response:
+        body = await response.json(content_type=None)
+        if response.status == 404:
+            raise ApiError(EXIT_NOT_FOUND, body.get("detail", "not found"))
+        if response.status != 200:
+            raise ApiError(EXIT_FAILED, f"the API answered {response.status}: {body.get('detail', body)}")
+        return body
+
+
+def _run_api(args, work) -> int:
+    """Run ``work(session)`` against the API; map failures to the documented exit codes."""
     import aiohttp
 
-    async def fetch():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.get(f"{args.api.rstrip('/')}/v1/traces/{args.trace_id}") as response:
-                return response.status, await response.json(content_type=None)
+    async def main():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            return await work(session)
 
     try:
-        code, body = asyncio.run(fetch())
+        return asyncio.run(main())
+    except ApiError as exc:
+        print(f"tracker {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        print(f"tracker status: the API at {args.api} is unreachable ({exc})", file=sys.stderr)
+        print(f"tracker {args.command}: the API at {args.api} is unreachable ({exc})", file=sys.stderr)
         return EXIT_UNREACHABLE
-    if code == 404:
-        print(f"tracker status: {body.get('detail', 'unknown trace')}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    if code != 200:
-        print(f"tracker status: the API answered {code}: {body.get('detail', body)}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.format == "json":
-        print(json.dumps(body, indent=2))
-    else:
-        errors = "; ".join(e["message"] for e in body["errors"]) or "-"
-        rows = [("Done", "Trace ID", "Status", "Elapsed (s)", "Errors"),
-                ("yes" if body["done"] else "no", body["trace_id"], body["status"],
-                 f"{body['elapsed_seconds']:.3f}", errors)]
-        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
-    return EXIT_FAILED if body["status"] == "failed" else 0
+
+
+def table(rows: list[tuple], headers: tuple) -> str:
+    """A plain aligned table; a dependency would add nothing these few lines do not do."""
+    cells = [tuple(str(v) for v in headers)] + [tuple("-" if v is None else str(v) for v in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _state_table(body: dict) -> str:
+    errors = "; ".join(e["message"] for e in body["errors"]) or "-"
+    return table([("yes" if body["done"] else "no", body["trace_id"], body["status"],
+                   f"{body['elapsed_seconds']:.3f}", errors)],
+                 ("Done", "Trace ID", "Status", "Elapsed (s)", "Errors"))
+
+
+async def _history(session, args) -> list[dict]:
+    events, cursor = [], None
+    while True:
+        page = await _get(session, args.api, f"/v1/traces/{args.trace_id}/events",
+                          {"limit": 1000, "cursor": cursor, "include_body": False})
+        events += page["data"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return events
+
+
+def _history_table(events: list[dict]) -> str:
+    rows = []
+    for e in events:
+        words = "; ".join([m for m in [e.get("message")] if m] + e["errors"]) or None
+        elapsed = f"{e['duration_ms'] / 1000:.3f}" if e.get("duration_ms") is not None else None
+        rows.append((e["timestamp"], e["service"], e.get("operation"), e["status"], e.get("trace_status"),
+                     elapsed, words))
+    return table(rows, ("Time", "Service", "Operation", "Status", "Trace status", "Elapsed (s)", "Message / errors"))
+
+
+def cmd_status(args, settings: Settings) -> int:
+    async def work(session):
+        last = None
+        while True:
+            body = await _get(session, args.api, f"/v1/traces/{args.trace_id}")
+            if args.watch and not body["done"]:
+                if body["status"] != last:  # one line per change, not a screen per poll
+                    print(f"{body['trace_id']}: {body['status']}, {body['event_count']} event(s), not done yet",
+                          flush=True)
+                    last = body["status"]
+                await asyncio.sleep(args.interval)
+                continue
+            break
+        history = await _history(session, args) if args.history else None
+        if args.format == "json":
+            out = dict(body)
+            if history is not None:
+                out["history"] = history
+            print(json.dumps(out, indent=2))
+        else:
+            print(_state_table(body))
+            if history is not None:
+                print()
+                print(_history_table(history))
+        return EXIT_FAILED if body["status"] == "failed" else 0
+
+    return _run_api(args, work)
+
+
+SEARCH_FILTERS = ("service", "status", "done", "account", "org_id", "inventory_id", "system_id", "source",
+                  "domain", "domain_id", "since", "until", "lookback", "min_duration", "max_duration")
+
+
+def cmd_search(args, settings: Settings) -> int:
+    async def work(session):
+        params = {k: getattr(args, k) for k in SEARCH_FILTERS}
+        params["limit"] = args.limit
+        body = await _get(session, args.api, "/v1/traces", params)
+        if args.format == "json":
+            print(json.dumps(body, indent=2))
+            return 0
+        print(table([(t["trace_id"], "yes" if t["done"] else "no", t["status"], t["first_seen"],
+                      f"{t['elapsed_seconds']:.3f}", t["event_count"], t["error_count"]) for t in body["data"]],
+                    ("Trace ID", "Done", "Status", "First seen", "Elapsed (s)", "Events", "Errors")))
+        if body["next_cursor"]:
+            print("(more: narrow the filters or raise --limit, at most 1000)", file=sys.stderr)
+        return 0
+
+    return _run_api(args, work)
+
+
+def cmd_services(args, settings: Settings) -> int:
+    async def work(session):
+        body = await _get(session, args.api, "/v1/services", {"lookback": args.lookback})
+        if args.format == "json":
+            print(json.dumps(body, indent=2))
+        else:
+            print(table([(s["service"], s["events"], s["success"], s["error"]) for s in body["data"]],
+                        ("Service", "Events", "Success", "Error")))
+        return 0
+
+    return _run_api(args, work)
+
+
+def cmd_stats(args, settings: Settings) -> int:
+    async def work(session):
+        services = (await _get(session, args.api, "/v1/services", {"lookback": args.lookback}))["data"]
+        elapsed = {e["service"]: e for e in
+                   (await _get(session, args.api, "/v1/stats/elapsed", {"lookback": args.lookback}))["data"]}
+        rows = []
+        for s in services:
+            outcomes = s["success"] + s["error"]
+            rate = f"{100 * s['success'] / outcomes:.1f}%" if outcomes else None
+            p95 = elapsed.get(s["service"], {}).get("p95")
+            rows.append((s["service"], s["events"], s["success"], s["error"], rate,
+                         f"{p95:.3f}" if p95 is not None else None))
+        if args.format == "json":
+            print(json.dumps([dict(zip(("service", "events", "success", "error", "success_rate", "p95_seconds"), r))
+                              for r in rows], indent=2))
+        else:
+            print(table(rows, ("Service", "Events", "Success", "Error", "Success rate", "p95 elapsed (s)")))
+        return 0
+
+    return _run_api(args, work)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", help="the API's base URL (default: TRACKER_API_URL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)"
@@ -170,10 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--body", help="a JSON value stored with the event")
     send.set_defaults(func=cmd_send)
 
-    status = sub.add_parser("status", help="the state of one trace")
+    status = sub.add_parser("status", help="the state of one trace (exit 1 when it failed, 4 when unknown)")
     status.add_argument("trace_id")
     status.add_argument("--format", choices=["table", "json"], default="table")
+    status.add_argument("--history", action="store_true", help="also one row per event")
+    status.add_argument("--watch", action="store_true",
+                        help="poll until the trace is done; exit 0 if it succeeded, 1 if it failed")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --watch")
     status.set_defaults(func=cmd_status)
+
+    search = sub.add_parser("search", help="traces matching filters, newest first")
+    for name in SEARCH_FILTERS:
+        if name == "done":
+            search.add_argument("--done", type=lambda v: v.lower() in ("true", "yes", "1"), default=None,
+                                metavar="true|false")
+        else:
+            search.add_argument("--" + name.replace("_", "-"), dest=name)
+    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--format", choices=["table", "json"], default="table")
+    search.set_defaults(func=cmd_search)
+
+    services = sub.add_parser("services", help="services seen in a window, with counts")
+    services.add_argument("--lookback", default="24h")
+    services.add_argument("--format", choices=["table", "json"], default="table")
+    services.set_defaults(func=cmd_services)
+
+    stats = sub.add_parser("stats", help="per service: counts, success rate, p95 elapsed")
+    stats.add_argument("--lookback", default="24h")
+    stats.add_argument("--format", choices=["table", "json"], default="table")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 
@@ -181,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        if args.command == "status":
-            args.api = settings.api_url
+        args.api = getattr(args, "api", None) or settings.api_url
         setup_logging(settings.log_level if args.command == "up" else "WARNING")
         return args.func(args, settings)
     except SettingsError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiokafka import AIOKafkaProducer
@@ -17,3 +18,36 @@ async def send_one(settings: Settings, event: dict, *, key: str) -> None:
         await producer.send_and_wait(settings.topic, json.dumps(event).encode(), key=key.encode())
     finally:
         await producer.stop()
+
+
+class KafkaSender:
+    """A producer started on first use and restarted after a failed start, so that a
+    process that only sometimes produces (the API) starts, and recovers, without Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
+                                            enable_idempotence=True, request_timeout_ms=10000,
+                                            max_request_size=self.settings.max_message_bytes + 64 * 1024)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def send(self, value: bytes, *, key: str) -> None:
+        producer = await self._started()
+        await producer.send_and_wait(self.settings.topic, value, key=key.encode())
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import logging
+
 import connexion
 import orjson
 from connexion.jsonifier import Jsonifier
@@ -13,7 +15,10 @@ from connexion.middleware import MiddlewarePosition
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import ParameterValidator, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
+from tracker.producer import KafkaSender
 from tracker.settings import Settings
+
+log = logging.getLogger("tracker.api")
 
 SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "swagger"
 
@@ -37,9 +42,13 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
     async def lifespan(app):
         # The pool lives as long as the server; handlers read it from request.state.
         pool = await create_pool(settings)
+        # For HTTP ingestion only; reads never need Kafka, and the API starts without it.
+        producer = KafkaSender(settings) if settings.kafka_bootstrap_servers else None
         try:
-            yield {"pool": pool, "metrics": metrics, "settings": settings}
+            yield {"pool": pool, "metrics": metrics, "settings": settings, "producer": producer}
         finally:
+            if producer is not None:
+                await producer.close()
             await pool.close()
 
     app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,

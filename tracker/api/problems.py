@@ -13,7 +13,7 @@ from jsonschema import Draft4Validator
 log = logging.getLogger("tracker.api")
 
 
-def ok(body, status: int = 200):
+def ok(body, status: int = 200):  # noqa: D401
     """A JSON body; the content type is explicit because operations also declare problem+json."""
     return body, status, {"Content-Type": "application/json"}
 

@@ -1,0 +1,190 @@
+"""For producers and people: the CLI as a subprocess, the producer library against the
+real broker, and HTTP ingestion end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+
+from tests.factories import encode, payload_tracker
+from tests.ingest import produce
+from tests.plugins.processes import child_env
+from tests.test_end_to_end import get_json, wait_for_trace
+from tracker.client import SyncTracker, Tracker
+
+
+@pytest.fixture
+async def stack(settings, launch):
+    await launch.consumer(settings)
+    await launch.api(settings)
+    return settings
+
+
+def cli(settings, *args, timeout=60, input=None):
+    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True,
+                          env=child_env(settings), timeout=timeout, input=input)
+
+
+async def test_cli_status_history_json_and_listing_commands(stack, kafka_bootstrap):
+    now = datetime.now(timezone.utc)
+    await produce(kafka_bootstrap, stack.topic, [
+        (b"c-1", encode(payload_tracker("c-1", "ingress", "received", now - timedelta(seconds=5)))),
+        (b"c-1", encode(payload_tracker("c-1", "ingress", "success", now - timedelta(seconds=3)))),
+        (b"c-1", encode({"trace_id": "c-1", "service": "copy", "status": "success", "timestamp": now.isoformat(),
+                         "trace_status": "FINISHED", "operation": "copy_files", "duration_ms": 1500})),
+    ])
+    await wait_for_trace(stack.api_url, "c-1", 3)
+
+    table = cli(stack, "status", "c-1")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == ["Done", "Trace", "ID", "Status", "Elapsed", "(s)", "Errors"]
+    assert "yes" in table.stdout and "success" in table.stdout
+
+    history = cli(stack, "status", "c-1", "--history")
+    lines = history.stdout.splitlines()
+    assert history.returncode == 0 and any("copy_files" in line and "1.500" in line for line in lines)
+    assert sum(1 for line in lines if "ingress" in line) == 2
+
+    as_json = json.loads(cli(stack, "status", "c-1", "--format", "json", "--history").stdout)
+    assert as_json["done"] and as_json["status"] == "success" and len(as_json["history"]) == 3
+
+    found = cli(stack, "search", "--service", "copy", "--lookback", "1h")
+    assert found.returncode == 0 and "c-1" in found.stdout
+    services = cli(stack, "services")
+    assert services.returncode == 0 and "ingress" in services.stdout and "copy" in services.stdout
+    stats = json.loads(cli(stack, "stats", "--format", "json").stdout)
+    assert {s["service"]: s["success_rate"] for s in stats} == {"copy": "100.0%", "ingress": "100.0%"}
+
+    missing = cli(stack, "status", "nope")
+    assert missing.returncode == 4 and "nope" in missing.stderr
+    unreachable = cli(stack, "--api", "http://127.0.0.1:9", "status", "c-1")
+    assert unreachable.returncode == 3 and "unreachable" in unreachable.stderr
+
+
+@pytest.mark.parametrize("failed, code", [(False, 0), (True, 1)])
+async def test_cli_watch_waits_until_done_then_exits_with_the_outcome(stack, kafka_bootstrap, failed, code):
+    trace = f"watch-{failed}"
+    now = datetime.now(timezone.utc)
+    await produce(kafka_bootstrap, stack.topic, [(trace.encode(), encode(payload_tracker(trace, "a", "received", now)))])
+    await wait_for_trace(stack.api_url, trace, 1)
+    watch = subprocess.Popen([sys.executable, "-m", "tracker.cli", "status", trace, "--watch", "--interval", "0.2"],
+                             env=child_env(stack), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    await asyncio.sleep(1.5)
+    assert watch.poll() is None, "watch returned before the trace was done"
+    finish = {"trace_id": trace, "service": "b", "status": "error" if failed else "success",
+              "timestamp": (now + timedelta(seconds=1)).isoformat(), "trace_status": "FINISHED"}
+    await produce(kafka_bootstrap, stack.topic, [(trace.encode(), encode(finish))])
+    out, err = await asyncio.to_thread(watch.communicate, timeout=30)
+    assert watch.returncode == code, (out, err)
+    assert "not done yet" in out and ("failed" if failed else "success") in out
+
+
+async def test_producer_library_reports_steps_lineage_and_exceptions(stack, kafka_bootstrap):
+    async with Tracker(kafka_bootstrap, service="copier", topic=stack.topic, meta={"git_rev": "abc"}) as tracker:
+        trace = Tracker.new_trace_id()
+        async with tracker.step(trace, "copy_files", files_incoming=["s3://raw/a"]) as step:
+            await asyncio.sleep(0.05)
+            step.body["files_outgoing"] = ["s3://clean/a"]
+        with pytest.raises(ZeroDivisionError):
+            async with tracker.step(trace, "convert"):
+                1 / 0
+        tracker.finish(trace, failed=True, message="convert failed")
+        assert await tracker.flush(20)
+    assert tracker.dropped == 0 and tracker.sent == 5
+
+    state = await wait_for_trace(stack.api_url, trace, 5)
+    assert state["done"] and state["status"] == "failed"
+    messages = [e["message"] for e in state["errors"]]
+    assert any("ZeroDivisionError: division by zero" in m for m in messages)
+    _, history, _ = await get_json(f"{stack.api_url}/v1/traces/{trace}/events")
+    by_status = [(e["operation"], e["status"]) for e in history["data"]]
+    assert ("copy_files", "received") in by_status and ("copy_files", "success") in by_status
+    copied = next(e for e in history["data"] if e["operation"] == "copy_files" and e["status"] == "success")
+    assert copied["body"] == {"files_incoming": ["s3://raw/a"], "files_outgoing": ["s3://clean/a"]}
+    assert copied["duration_ms"] >= 50 and copied["meta"] == {"git_rev": "abc"}
+    failed = next(e for e in history["data"] if e["operation"] == "convert" and e["status"] == "error")
+    exception = json.loads(failed["exception"])
+    assert exception["type"] == "ZeroDivisionError" and "Traceback" in exception["traceback"]
+
+
+def test_sync_producer_library_and_its_decorator(stack, kafka_bootstrap):
+    tracker = SyncTracker(kafka_bootstrap, service="sync-worker", topic=stack.topic)
+    trace = tracker.new_trace_id()
+
+    @tracker.traced("resize")
+    def resize(*, trace_id):
+        return "done"
+
+    assert resize(trace_id=trace) == "done"
+    tracker.finish(trace)
+    assert tracker.flush(20)
+    tracker.close()
+    deadline = time.monotonic() + 20
+    while True:
+        status = cli(stack, "status", trace, "--format", "json")
+        if status.returncode == 0 and json.loads(status.stdout)["done"]:
+            break
+        assert time.monotonic() < deadline, status.stderr
+        time.sleep(0.2)
+    assert json.loads(status.stdout)["status"] == "success"
+
+
+async def test_producer_library_never_blocks_and_counts_drops_when_kafka_is_away():
+    tracker = await Tracker("127.0.0.1:9", service="x", buffer_size=5).start()
+    started = time.monotonic()
+    accepted = [tracker.emit("t", "received") for _ in range(12)]
+    assert time.monotonic() - started < 0.1
+    assert accepted.count(True) == 5 and tracker.dropped == 7
+    tracker.close_timeout = 0.5
+    await tracker.close()
+
+
+async def test_http_ingestion_end_to_end(stack):
+    async with aiohttp.ClientSession(base_url=stack.api_url) as session:
+        doc = payload_tracker("http-1", "ingress", "received", datetime.now(timezone.utc))
+        async with session.post("/v1/events", json=doc) as response:
+            assert response.status == 202
+            accepted = await response.json()
+        assert accepted["trace_id"] == "http-1" and accepted["event_id"]
+        state = await wait_for_trace(stack.api_url, "http-1", 1)
+        assert state["services"][0]["service"] == "ingress"
+
+        async with session.post("/v1/events", json={"service": 5, "status": "x"}) as response:
+            assert response.status == 400
+            assert response.headers["Content-Type"].startswith("application/problem+json")
+            detail = (await response.json())["detail"]
+        # Every violation is listed, not only the first.
+        assert "request_id" in detail and "date" in detail and "service" in detail
+
+        async with session.post("/v1/traces", json={"service": "uploader", "domain": "datasets"}) as response:
+            assert response.status == 201
+            created = await response.json()
+        state = await wait_for_trace(stack.api_url, created["trace_id"], 1)
+        assert state["services"][0]["service"] == "uploader" and not state["done"]
+
+        async with session.post("/v1/traces", json={"nope": 1}) as response:
+            assert response.status == 400
+
+
+async def test_http_ingestion_without_kafka_answers_503_and_stores_nothing(settings, launch, db):
+    import dataclasses
+
+    from tracker.devservices.ports import free_port
+
+    port = free_port()
+    no_kafka = dataclasses.replace(settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", api_port=port,
+                                   api_url=f"http://127.0.0.1:{port}")
+    await launch.api(no_kafka)
+    async with aiohttp.ClientSession(base_url=no_kafka.api_url) as session:
+        doc = payload_tracker("never", "ingress", "received", datetime.now(timezone.utc))
+        async with session.post("/v1/events", json=doc) as response:
+            assert response.status == 503
+            assert "retry" in (await response.json())["detail"]
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
