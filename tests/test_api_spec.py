@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncpg
@@ -20,13 +21,14 @@ from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.events import parse_message
 from tracker.settings import Settings
+from tracker.topics import ensure_topics
 
 SPEC = Path(__file__).resolve().parents[1] / "swagger" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(SPEC))
 
 
 @pytest.fixture(scope="module")
-async def spec_api(postgres_admin_url, template_database, tmp_path_factory):
+async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafka_bootstrap):
     """One API process for the whole module, on a database with a few hundred events."""
     name = f"tracker_spec_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(postgres_admin_url)
@@ -39,12 +41,15 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory):
     docs = []
     for i in range(40):
         docs += pipeline_trace(f"spec-{i}", rng, fail=i % 4 == 0)
-        docs.append({**status_api(f"spec-{i}", "copy", i % 3 != 0, docs[-1] and __import__("datetime").datetime.now(
-            __import__("datetime").timezone.utc)), "s3_path": f"s3://b/{i % 7}"})
+        docs.append({**status_api(f"spec-{i}", "copy", i % 3 != 0, datetime.now(timezone.utc)),
+                     "s3_path": f"s3://b/{i % 7}"})
     await write_batch(conn, [parse_message(encode(d), max_bytes=1 << 20) for d in docs])
     await conn.close()
     port = free_port()
+    topic = f"test.spec.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, [topic], partitions=1)
     api_settings = Settings.from_env({}, database_url=url, api_port=port, api_url=f"http://127.0.0.1:{port}",
+                                     kafka_bootstrap_servers=kafka_bootstrap, topic=topic,
                                      api_validate_responses=True, log_level="WARNING")
     launcher = Launcher(tmp_path_factory.mktemp("spec"))
     process = await launcher.api(api_settings)

@@ -12,9 +12,11 @@ import orjson
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 
+from tracker.api.allow import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import ParameterValidator, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
+from tracker.events import spec
 from tracker.producer import KafkaSender
 from tracker.settings import Settings
 
@@ -56,6 +58,8 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
     app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
                 validator_map={"parameter": ParameterValidator})
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                       spec_paths=spec()["paths"])
     for exc_type in TRANSIENT_ERRORS:
         app.add_error_handler(exc_type, database_unavailable)
     return app

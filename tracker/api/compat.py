@@ -109,7 +109,10 @@ def decode_path(encoded: str) -> str:
         if not _BASE64.match(encoded):
             raise ValueError
         urlsafe = encoded.rstrip("=").translate(str.maketrans("+/", "-_"))
-        return base64.urlsafe_b64decode(urlsafe + "=" * (-len(urlsafe) % 4)).decode("utf-8")
+        path = base64.urlsafe_b64decode(urlsafe + "=" * (-len(urlsafe) % 4)).decode("utf-8")
+        if "\x00" in path:
+            raise ValueError  # no stored path can contain U+0000
+        return path
     except (binascii.Error, UnicodeError, ValueError):
         raise bad_request("path must be the object path encoded in base64 (standard or URL-safe alphabet), "
                           "e.g. czM6Ly9idWNrZXQva2V5 for s3://bucket/key") from None
