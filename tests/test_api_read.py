@@ -193,7 +193,8 @@ async def test_lookup_by_path_and_status_api_routes(db, api):
     await api(f"/status-from-path/{base64.b64encode(b's3://none').decode()}", expect=404)
     bad = await api("/status-from-path/not*base64", expect=400)
     assert "base64" in bad["detail"]
-    await api(f"/status-from-path/{base64.b64encode(b'nul\x00path').decode()}", expect=400)
+    nul_path = base64.b64encode(b"nul\x00path").decode()
+    await api(f"/status-from-path/{nul_path}", expect=400)
 
     events = await api("/status/p-1")
     assert [e["component"] for e in events] == ["ingest", "copy"]
