@@ -53,5 +53,7 @@ def _jsonb_decode(data: bytes):
 
 
 async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:
-    options = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max, "init": init_connection}
+    # UTC sessions: times that PostgreSQL renders itself (JSON documents) read like Python's.
+    options = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max, "init": init_connection,
+               "server_settings": {"timezone": "UTC"}}
     return await asyncpg.create_pool(settings.database_url, **{**options, **kwargs})

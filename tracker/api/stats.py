@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from connexion import request
+from connexion.lifecycle import ConnexionResponse
 
 from tracker.api import params
 from tracker.api.problems import bad_request, ok
-from tracker.api.shapes import iso
 from tracker.queries import stats as q
 
 
@@ -30,9 +30,8 @@ async def counts(lookback: str = "24h", bucket: str = "1h", service: str | None 
     if span / width > 10_000:
         raise bad_request(f"lookback / bucket gives {int(span / width)} buckets; at most 10000 are allowed")
     async with request.state.pool.acquire() as conn:
-        rows = await q.counts(conn, _since(lookback), width, service)
-    return ok({"data": [{"bucket": iso(r["b"]), "service": r["service"], "status": r["status"],
-                         "events": r["events"]} for r in rows]})
+        document = await q.counts_document(conn, _since(lookback), width, service)
+    return ConnexionResponse(status_code=200, content_type="application/json", body=document)
 
 
 async def elapsed(lookback: str = "24h", service: str | None = None):
