@@ -46,7 +46,7 @@ from tracker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 INSERT_ONE = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))})"
-              " ON CONFLICT (event_id) DO NOTHING")
+              " ON CONFLICT (event_id, ts) DO NOTHING")
 
 
 async def produce(bootstrap: str, topic: str, messages) -> float:

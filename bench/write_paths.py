@@ -1,7 +1,7 @@
 """Which way of writing a batch of events to PostgreSQL is fastest?
 
 Same events, same table, fresh database each, batches of --batch events, one
-transaction per batch, `ON CONFLICT (event_id) DO NOTHING` in every path:
+transaction per batch, `ON CONFLICT (event_id, ts) DO NOTHING` in every path:
 
   executemany  INSERT ... VALUES ($1..$26) per row, pipelined by asyncpg
   unnest       INSERT ... SELECT FROM unnest($1::text[], ...)  (one statement per batch)
@@ -26,7 +26,7 @@ from tracker.events import Event, parse_message
 
 _COLS = ", ".join(COLUMNS)
 EXECUTEMANY = (f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
-               "ON CONFLICT (event_id) DO NOTHING")
+               "ON CONFLICT (event_id, ts) DO NOTHING")
 _TYPES = ["text", "text", "text", "text", "boolean", "timestamptz", "text", "timestamptz", "timestamptz",
           "float8", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
           "text", "text", "text", "text", "text"]
@@ -36,7 +36,7 @@ UNNEST = (f"INSERT INTO events ({_COLS}) SELECT "
                       else f"c{i}::jsonb" if COLUMNS[i] in ("meta", "body") else f"c{i}"
                       for i in range(len(COLUMNS)))
           + " FROM unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-          + ") AS u(" + ", ".join(f"c{i}" for i in range(len(COLUMNS))) + ") ON CONFLICT (event_id) DO NOTHING")
+          + ") AS u(" + ", ".join(f"c{i}" for i in range(len(COLUMNS))) + ") ON CONFLICT (event_id, ts) DO NOTHING")
 
 
 async def executemany(conn, events):
@@ -61,7 +61,7 @@ async def copy(conn, events):
         await conn.copy_records_to_table("staging_events", records=[event_record(e) for e in events],
                                          columns=COLUMNS)
         await conn.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events "
-                           "ON CONFLICT (event_id) DO NOTHING")
+                           "ON CONFLICT (event_id, ts) DO NOTHING")
 
 
 async def copy_state(conn, events):
