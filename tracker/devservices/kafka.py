@@ -56,8 +56,12 @@ def kafka_classpath() -> str:
 
 
 def _cluster_id() -> str:
-    # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding; like
+    # Kafka's own Uuid.randomUuid, never one starting with "-" (it would read as an option).
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class LocalKafka:
@@ -121,7 +125,7 @@ class LocalKafka:
         java = self._java()
         if not (self.log_dirs / "meta.properties").exists():
             result = subprocess.run([java, "-cp", self._classpath, f"-Dlog4j2.configurationFile={LOG4J2}",
-                                     "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+                                     "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
                                      "-c", str(self.config_file)], capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"kafka-storage format failed:\n{result.stdout}{result.stderr}")
