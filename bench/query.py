@@ -39,7 +39,7 @@ from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import LocalPostgres
 from tracker.maintenance import create_partition, existing_partitions, partition_name
 from tracker.migrate import migrate
-from tracker.queries.traces import TRACE_STATE
+from tracker.queries.traces import TRACE_DOCUMENT
 from tracker.settings import ENVIRONMENT, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ async def baseline(url: str, traces: int) -> list[tuple[str, float, float]]:
     # 1. one trace: ours = state + services + errors; PT = COUNT of its statuses + a page with OFFSET.
     def ours_trace():
         t = f"trace-{rng.randrange(1, traces)}"
-        return [(TRACE_STATE, (t,))]
+        return [(TRACE_DOCUMENT, (t,))]
 
     def pt_trace():
         t = f"trace-{rng.randrange(1, traces)}"

@@ -10,11 +10,12 @@ import logging
 import connexion
 import orjson
 from connexion.jsonifier import Jsonifier
-from connexion.middleware import MiddlewarePosition
+from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.security import SecurityMiddleware
 
 from tracker.api.allow import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
-from tracker.api.problems import ParameterValidator, database_unavailable
+from tracker.api.problems import ParameterValidator, body_not_utf8, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
 from tracker.events import spec
 from tracker.producer import KafkaSender
@@ -53,8 +54,11 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
                 await producer.close()
             await pool.close()
 
+    # The spec declares no security scheme, so Connexion's security layer would only cost
+    # every request a pass through it.
+    middlewares = [m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware]
     app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,
-                             jsonifier=Jsonifier(OrjsonModule))
+                             jsonifier=Jsonifier(OrjsonModule), middlewares=middlewares)
     app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
                 validator_map={"parameter": ParameterValidator})
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
@@ -62,4 +66,5 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
                        spec_paths=spec()["paths"])
     for exc_type in TRANSIENT_ERRORS:
         app.add_error_handler(exc_type, database_unavailable)
+    app.add_error_handler(UnicodeDecodeError, body_not_utf8)
     return app

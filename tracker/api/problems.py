@@ -26,6 +26,13 @@ def bad_request(detail: str) -> ProblemException:
     return ProblemException(status=400, title="Bad Request", detail=detail)
 
 
+def body_not_utf8(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    # Connexion decodes a JSON body before its own error handling; a body that is not
+    # UTF-8 would otherwise surface as a 500.
+    return problem(status=400, title="Bad Request",
+                   detail=f"the request body is not UTF-8 ({exc}); send a JSON document encoded in UTF-8")
+
+
 def database_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
     return problem(status=503, title="Service Unavailable",

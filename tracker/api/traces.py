@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from connexion import request
+from connexion.lifecycle import ConnexionResponse
 
 from tracker.api import cursor as cursors
 from tracker.api.problems import bad_request, not_found, ok
-from tracker.api.shapes import event_out, trace_out
+from tracker.api.shapes import event_out
 from tracker.queries import traces as q
 
 
@@ -17,10 +18,10 @@ def _unknown(trace_id: str):
 
 async def get_trace(trace_id: str):
     async with request.state.pool.acquire() as conn:
-        found = await q.fetch_trace(conn, trace_id)
-    if found is None:
+        document = await q.fetch_trace_document(conn, trace_id)
+    if document is None:
         raise _unknown(trace_id)
-    return ok(trace_out(found))
+    return ConnexionResponse(status_code=200, content_type="application/json", body=document)
 
 
 async def get_trace_events(trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None,
