@@ -283,9 +283,11 @@ def main() -> None:
             ("rollup: services 24h", ["/v1/services?lookback=24h"], ("p99 <= 100 ms", 100), None),
             ("rollup: success rate 24h", ["/v1/stats/success-rate?lookback=24h"], ("p99 <= 100 ms", 100), None),
         ]
-        print(f"\nwrk, 1 thread, {args.connections} connections, {args.duration} s per endpoint, one API worker")
+        print(f"\nwrk, 1 thread, {args.connections} connections, {args.duration} s per endpoint after a 3 s warm-up, "
+              "one API worker")
         print(f"  {'endpoint':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  target")
         for name, paths, latency_target, rps_target in cases:
+            wrk(base, paths, 3, args.connections, state)  # warm-up, not counted: caches and pool
             r = wrk(base, paths, args.duration, args.connections, state)
             verdicts = []
             if latency_target:

@@ -24,7 +24,7 @@ def main() -> int:
     logging.getLogger("tracker.api").info("starting with %s", settings.masked())
     app = create_app(settings, validate_responses=settings.api_validate_responses)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", server_header=False, date_header=False)
     return 0
 
 

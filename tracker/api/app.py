@@ -11,6 +11,7 @@ import connexion
 import orjson
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
+from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.security import SecurityMiddleware
 
 from tracker.api.allow import AllowHeaderMiddleware
@@ -55,8 +56,10 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
             await pool.close()
 
     # The spec declares no security scheme, so Connexion's security layer would only cost
-    # every request a pass through it.
-    middlewares = [m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware]
+    # every request a pass through it (bench/query).
+    # Likewise response validation, when it is off (it is on in tests).
+    skipped = {SecurityMiddleware} | (set() if validate_responses else {ResponseValidationMiddleware})
+    middlewares = [m for m in ConnexionMiddleware.default_middlewares if m not in skipped]
     app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,
                              jsonifier=Jsonifier(OrjsonModule), middlewares=middlewares)
     app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
