@@ -140,3 +140,10 @@ def test_any_input_yields_an_event_or_a_known_reason(value):
     assert isinstance(result, (Event, Invalid))
     if isinstance(result, Invalid):
         assert result.reason in REASONS
+
+
+def test_decoded_document_with_a_lone_surrogate_is_rejected_not_crashed():
+    from tracker.events import parse_document
+
+    result = parse_document({"trace_id": "t\udb1c", "service": "s", "status": "x", "timestamp": "2024-01-01"})
+    assert isinstance(result, Invalid) and result.reason == "not_utf8"

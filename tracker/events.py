@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -127,6 +128,9 @@ def parse_document(doc: Any) -> Event | Invalid:
             raise _Rejected("too_deep", f"the event nests deeper than {MAX_DEPTH} levels")
         if _has_nul(doc):
             raise _Rejected("nul_character", "the event contains the character U+0000, which cannot be stored")
+        if _has_lone_surrogate(doc):
+            raise _Rejected("not_utf8", "the event contains a lone surrogate (U+D800 to U+DFFF), which is not "
+                                        "valid Unicode text")
         doc = {k: v for k, v in doc.items() if v is not None}
         return _normalise(doc, detect_format(doc))
     except _Rejected as rejected:
@@ -178,12 +182,26 @@ def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
     return depth
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_nul(value: Any) -> bool:
+    return _find_string(value, lambda text: "\x00" in text)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # Only documents decoded by a lenient parser (the HTTP path) can hold one;
+    # orjson already refuses them in Kafka messages.
+    return _find_string(value, _SURROGATE.search)
+
+
+def _find_string(value: Any, bad) -> bool:
+    """Whether any string in ``value`` (keys included) satisfies ``bad``."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if bad(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
