@@ -14,10 +14,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import asyncpg
 
 from tracker.devservices.kafka import LocalKafka
-from tracker.devservices.postgres import LocalPostgres
+from tracker.devservices.postgres import LocalPostgres, create_database
 from tracker.migrate import migrate
 
 SERVICES = [f"service-{i:02d}" for i in range(20)]
@@ -46,13 +45,7 @@ def services():
 
 
 async def fresh_database(admin_url: str, prefix: str = "bench") -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await create_database(admin_url, f"{prefix}_{uuid.uuid4().hex[:8]}")
     await migrate(url)
     return url
 

@@ -22,7 +22,7 @@ def queries(trace_id: str, account: str) -> list[tuple[str, str, list]]:
     day = now - timedelta(hours=24)
     out = [
         ("GET /v1/traces/{id}", traces.TRACE_DOCUMENT, [trace_id]),
-        ("GET /v1/traces/{id}/events", traces.EVENTS_ASC, [trace_id, None, None, 101]),
+        ("GET /v1/traces/{id}/events", traces.EVENTS_SQL[(False, True)], [trace_id, None, None, 101]),
         ("GET /v1/events?service&lookback=1h",
          *search.search_events_sql(filters={"service": "service-07"}, since=now - timedelta(hours=1))),
         ("GET /v1/events?account", *search.search_events_sql(filters={"account": account})),

@@ -36,7 +36,7 @@ import asyncpg
 
 from bench.common import rss_peak_bytes
 from tracker.devservices.ports import free_port
-from tracker.devservices.postgres import LocalPostgres
+from tracker.devservices.postgres import LocalPostgres, create_database, database_url
 from tracker.maintenance import create_partition, existing_partitions, partition_name
 from tracker.migrate import migrate
 from tracker.queries.traces import TRACE_DOCUMENT
@@ -232,14 +232,10 @@ def main() -> None:
     pg = LocalPostgres(state / "postgres", durable=True).start()
     api = None
     try:
-        admin = pg.url
-        url = admin.rsplit("/", 1)[0] + "/bench_query"
+        url = database_url(pg.url, "bench_query")
 
         async def prepare():
-            conn = await asyncpg.connect(admin)
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'bench_query'"):
-                await conn.execute("CREATE DATABASE bench_query")
-            await conn.close()
+            await create_database(pg.url, "bench_query", if_missing=True)
             await migrate(url)
             await load(url, args.traces)
             c = await asyncpg.connect(url)

@@ -148,10 +148,6 @@ class Sink:
                     events.append(parsed)
         return ParsedBatch(batch, events, dead)
 
-    async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Parse and store one batch (the two steps run() overlaps)."""
-        await self.store(self.parse(batch))
-
     async def store(self, parsed: "ParsedBatch") -> None:
         async with self.batch_lock:  # a revocation waits for this batch to commit
             await self._store(parsed)

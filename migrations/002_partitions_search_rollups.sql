@@ -17,34 +17,9 @@ ALTER TABLE events RENAME TO events_v1;
 ALTER TABLE events_v1 RENAME CONSTRAINT events_pkey TO events_v1_pkey;
 ALTER INDEX events_trace_ts RENAME TO events_v1_trace_ts;
 
+-- Same columns, defaults and NOT NULLs as before; only the key changes.
 CREATE TABLE events (
-    event_id      text NOT NULL,
-    trace_id      text NOT NULL,
-    service       text NOT NULL,
-    status        text NOT NULL,
-    failed        boolean NOT NULL,
-    ts            timestamptz NOT NULL,
-    trace_status  text,
-    start_time    timestamptz,
-    end_time      timestamptz,
-    duration_ms   double precision,
-    source        text,
-    account       text,
-    org_id        text,
-    inventory_id  text,
-    system_id     text,
-    domain        text,
-    domain_id     text,
-    username      text,
-    operation     text,
-    path          text,
-    message       text,
-    errors        text[] NOT NULL DEFAULT '{}',
-    exception     text,
-    meta          jsonb,
-    body          jsonb,
-    format        text NOT NULL,
-    received_at   timestamptz NOT NULL DEFAULT now(),
+    LIKE events_v1 INCLUDING DEFAULTS,
     PRIMARY KEY (event_id, ts)
 ) PARTITION BY RANGE (ts);
 

@@ -19,6 +19,7 @@ from tests.factories import encode, pipeline_trace, status_api
 from tests.plugins.processes import Launcher
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
+from tracker.devservices.postgres import create_database, drop_database
 from tracker.events import parse_message
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
@@ -31,9 +32,7 @@ schema = schemathesis.openapi.from_path(str(SPEC))
 async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafka_bootstrap):
     """One API process for the whole module, on a database with a few hundred events."""
     name = f"tracker_spec_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    url = postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await create_database(postgres_admin_url, name, template=template_database)
     conn = await asyncpg.connect(url)
     await init_connection(conn)
     await prepare_connection(conn)
@@ -55,8 +54,7 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
     process = await launcher.api(api_settings)
     yield api_settings.api_url, process
     launcher.stop_all()
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    await drop_database(postgres_admin_url, name)
 
 
 @schema.parametrize()

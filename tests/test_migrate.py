@@ -8,14 +8,13 @@ import uuid
 
 import asyncpg
 
+from tracker.devservices.postgres import create_database, drop_database
 from tracker.migrate import migrate, migration_files
 
 
 async def test_migrate_applies_every_file_once_then_is_a_no_op(postgres_admin_url):
     name = f"tracker_migrate_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await create_database(postgres_admin_url, name)
     try:
         first = await migrate(url)
         assert first == [path.name for _, path in migration_files()]
@@ -29,5 +28,4 @@ async def test_migrate_applies_every_file_once_then_is_a_no_op(postgres_admin_ur
                              env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"})
         assert out.returncode == 0 and out.stdout.strip() == "up to date", out
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(postgres_admin_url, name)

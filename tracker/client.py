@@ -50,7 +50,23 @@ class Step:
         self.started = time.monotonic()
 
 
-class Tracker:
+class _Steps:
+    """What a unit of work emits, shared by the async and the sync tracker (both have ``emit``)."""
+
+    def _begin(self, trace_id: str, operation: str | None, body: dict) -> Step:
+        step = Step(trace_id, operation, dict(body))
+        self.emit(trace_id, "received", operation=operation)
+        return step
+
+    def _end(self, step: Step, exc: BaseException | None) -> None:
+        self.emit(step.trace_id, "error" if exc is not None else "success", **_outcome(step, exc))
+
+    def finish(self, trace_id: str, *, failed: bool = False, message: str | None = None) -> bool:
+        """Mark the trace done (``trace_status`` FINISHED) with its outcome."""
+        return self.emit(trace_id, "error" if failed else "success", trace_status="FINISHED", message=message)
+
+
+class Tracker(_Steps):
     def __init__(self, bootstrap_servers: str, *, service: str, topic: str = "tracker.events",
                  buffer_size: int = 10_000, meta: dict | None = None, close_timeout: float = 10.0) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -96,14 +112,13 @@ class Tracker:
     @contextlib.asynccontextmanager
     async def step(self, trace_id: str, operation: str | None = None, **body: Any):
         """Emit ``received``, run the block, emit ``success`` or ``error`` (and re-raise)."""
-        step = Step(trace_id, operation, dict(body))
-        self.emit(trace_id, "received", operation=operation)
+        step = self._begin(trace_id, operation, body)
         try:
             yield step
         except BaseException as exc:
-            self.emit(trace_id, "error", **_outcome(step, exc))
+            self._end(step, exc)
             raise
-        self.emit(trace_id, "success", **_outcome(step, None))
+        self._end(step, None)
 
     def traced(self, operation: str | None = None, *, trace_id_arg: str = "trace_id"):
         """Decorator for an async function called with a ``trace_id`` keyword argument."""
@@ -114,10 +129,6 @@ class Tracker:
                     return await fn(*args, **kwargs)
             return wrapper
         return decorate
-
-    def finish(self, trace_id: str, *, failed: bool = False, message: str | None = None) -> bool:
-        """Mark the trace done (``trace_status`` FINISHED) with its outcome."""
-        return self.emit(trace_id, "error" if failed else "success", trace_status="FINISHED", message=message)
 
     async def _drain(self) -> None:
         producer = None
@@ -180,7 +191,7 @@ def _outcome(step: Step, exc: BaseException | None) -> dict:
     return fields
 
 
-class SyncTracker:
+class SyncTracker(_Steps):
     """The same for code without an event loop: a background thread runs one."""
 
     def __init__(self, bootstrap_servers: str, *, service: str, **options: Any) -> None:
@@ -208,14 +219,13 @@ class SyncTracker:
 
     @contextlib.contextmanager
     def step(self, trace_id: str, operation: str | None = None, **body: Any):
-        step = Step(trace_id, operation, dict(body))
-        self.emit(trace_id, "received", operation=operation)
+        step = self._begin(trace_id, operation, body)
         try:
             yield step
         except BaseException as exc:
-            self.emit(trace_id, "error", **_outcome(step, exc))
+            self._end(step, exc)
             raise
-        self.emit(trace_id, "success", **_outcome(step, None))
+        self._end(step, None)
 
     def traced(self, operation: str | None = None, *, trace_id_arg: str = "trace_id"):
         def decorate(fn):
@@ -225,9 +235,6 @@ class SyncTracker:
                     return fn(*args, **kwargs)
             return wrapper
         return decorate
-
-    def finish(self, trace_id: str, *, failed: bool = False, message: str | None = None) -> bool:
-        return self.emit(trace_id, "error" if failed else "success", trace_status="FINISHED", message=message)
 
     def flush(self, timeout: float | None = None) -> bool:
         return asyncio.run_coroutine_threadsafe(self._tracker.flush(timeout), self._loop).result()

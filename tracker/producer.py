@@ -1,4 +1,4 @@
-"""Publishing events to Kafka, keyed by trace id (used by `tracker send`)."""
+"""Publishing events to Kafka, keyed by trace id (`tracker send`, HTTP ingestion)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ import json
 from aiokafka import AIOKafkaProducer
 
 from tracker.settings import Settings
-
-
-async def send_one(settings: Settings, event: dict, *, key: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, request_timeout_ms=15000)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic, json.dumps(event).encode(), key=key.encode())
-    finally:
-        await producer.stop()
 
 
 class KafkaSender:
@@ -51,3 +41,12 @@ class KafkaSender:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+async def send_one(settings: Settings, event: dict, *, key: str) -> None:
+    """Publish one event and wait for Kafka's acknowledgement (`tracker send`)."""
+    sender = KafkaSender(settings)
+    try:
+        await sender.send(json.dumps(event).encode(), key=key)
+    finally:
+        await sender.close()

@@ -17,7 +17,7 @@ import pytest
 
 from tracker.devservices.kafka import LocalKafka
 from tracker.devservices.ports import free_port
-from tracker.devservices.postgres import LocalPostgres
+from tracker.devservices.postgres import LocalPostgres, create_database, drop_database
 from tracker.migrate import migrate
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
@@ -64,52 +64,25 @@ def kafka_bootstrap(local_kafka) -> str:
     return local_kafka.bootstrap_servers if local_kafka else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 
 
-def _url_for(admin_url: str, database: str) -> str:
-    base, _, query = admin_url.partition("?")
-    return base.rsplit("/", 1)[0] + f"/{database}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="session")
 def template_database(postgres_admin_url) -> str:
     """A migrated database that every test's database is cloned from."""
     name = f"tracker_template_{uuid.uuid4().hex[:8]}"
 
     async def setup():
-        conn = await asyncpg.connect(postgres_admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        await migrate(_url_for(postgres_admin_url, name))
+        await migrate(await create_database(postgres_admin_url, name))
 
     asyncio.run(setup())
     yield name
-
-    async def teardown():
-        conn = await asyncpg.connect(postgres_admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(teardown())
+    asyncio.run(drop_database(postgres_admin_url, name))
 
 
 @pytest.fixture
 async def database_url(postgres_admin_url, template_database) -> str:
     """A fresh, migrated database for this test alone."""
     name = f"tracker_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await conn.close()
-    yield _url_for(postgres_admin_url, name)
-    conn = await asyncpg.connect(postgres_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    yield await create_database(postgres_admin_url, name, template=template_database)
+    await drop_database(postgres_admin_url, name)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-_iso = iso
-
 
 def trace_summary_out(row) -> dict:
     out = {
@@ -35,10 +33,10 @@ def event_out(row, include_body: bool) -> dict:
         "service": row["service"],
         "status": row["status"],
         "failed": row["failed"],
-        "timestamp": _iso(row["ts"]),
+        "timestamp": iso(row["ts"]),
         "trace_status": row["trace_status"],
-        "start_time": _iso(row["start_time"]),
-        "end_time": _iso(row["end_time"]),
+        "start_time": iso(row["start_time"]),
+        "end_time": iso(row["end_time"]),
         "duration_ms": row["duration_ms"],
         "source": row["source"],
         "account": row["account"],

@@ -181,13 +181,6 @@ class LocalKafka:
             proc.kill()
             proc.wait()
 
-    def kill(self) -> None:
-        """SIGKILL, for failure tests."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
     def restart(self, timeout: float = 120.0) -> None:
         """Stop, then start again on the same ports and data."""
         self.stop()

@@ -122,3 +122,38 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """The URL of database ``name`` on the server of ``admin_url`` (query string kept)."""
+    base, _, query = admin_url.partition("?")
+    return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+
+
+async def create_database(admin_url: str, name: str, *, template: str | None = None,
+                          if_missing: bool = False) -> str:
+    """Create database ``name`` (a clone of ``template`` if given); return its URL.
+
+    Names are ours (prefix + random hex), never input: identifiers cannot be parameters.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = if_missing and await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            clone = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{clone}')
+    finally:
+        await conn.close()
+    return database_url(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

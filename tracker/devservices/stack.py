@@ -20,27 +20,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import asyncpg
-
 from tracker.devservices.kafka import LocalKafka
-from tracker.devservices.postgres import LocalPostgres
+from tracker.devservices.postgres import LocalPostgres, create_database
 from tracker.migrate import migrate
 from tracker.settings import ENVIRONMENT, Settings
 from tracker.topics import ensure_topics
 
 log = logging.getLogger("tracker.up")
-
-
-async def ensure_database(admin_url: str, name: str) -> str:
-    """Create database ``name`` on the server of ``admin_url`` if missing; return its URL."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            # Identifiers cannot be parameters; the name is ours, quoted as an identifier.
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
@@ -71,7 +57,7 @@ class Stack:
         settings = self.settings
         if not settings.database_url:
             self.postgres = LocalPostgres(self.state / "postgres").start()
-            url = asyncio.run(ensure_database(self.postgres.url, "tracker"))
+            url = asyncio.run(create_database(self.postgres.url, "tracker", if_missing=True))
             settings = dataclasses.replace(settings, database_url=url)
         if not settings.kafka_bootstrap_servers:
             self.kafka = LocalKafka(self.state / "kafka").start()

@@ -11,32 +11,25 @@ _EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_statu
        operation, path, message, errors, format"""
 _BODY_COLUMNS = ", exception, meta, body"
 
+
+
+def _events_sql(*, descending: bool, include_body: bool) -> str:
+    comparison, direction = ("<", " DESC") if descending else (">", "")
+    columns = _EVENT_COLUMNS + (_BODY_COLUMNS if include_body else "")
+    return f"""
+SELECT {columns} FROM events
+WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
+  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1)
+  AND ($2::timestamptz IS NULL OR (ts, event_id) {comparison} ($2, $3))
+ORDER BY ts{direction}, event_id{direction} LIMIT $4
+"""
+
+
 # Keyset paging on (ts, event_id): stable under concurrent inserts, no OFFSET.
 # The trace's first/last times bound ts so that only its days' partitions are read.
-EVENTS_ASC = f"""
-SELECT {_EVENT_COLUMNS}{_BODY_COLUMNS} FROM events
-WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
-  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1) AND ($2::timestamptz IS NULL OR (ts, event_id) > ($2, $3))
-ORDER BY ts, event_id LIMIT $4
-"""
-EVENTS_DESC = f"""
-SELECT {_EVENT_COLUMNS}{_BODY_COLUMNS} FROM events
-WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
-  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1) AND ($2::timestamptz IS NULL OR (ts, event_id) < ($2, $3))
-ORDER BY ts DESC, event_id DESC LIMIT $4
-"""
-EVENTS_ASC_NO_BODY = f"""
-SELECT {_EVENT_COLUMNS} FROM events
-WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
-  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1) AND ($2::timestamptz IS NULL OR (ts, event_id) > ($2, $3))
-ORDER BY ts, event_id LIMIT $4
-"""
-EVENTS_DESC_NO_BODY = f"""
-SELECT {_EVENT_COLUMNS} FROM events
-WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
-  AND ts <= (SELECT last_at FROM traces WHERE trace_id = $1) AND ($2::timestamptz IS NULL OR (ts, event_id) < ($2, $3))
-ORDER BY ts DESC, event_id DESC LIMIT $4
-"""
+# Four constant statements (order x body), built once.
+EVENTS_SQL = {(descending, body): _events_sql(descending=descending, include_body=body)
+              for descending in (False, True) for body in (False, True)}
 
 TRACE_EXISTS = "SELECT EXISTS (SELECT 1 FROM traces WHERE trace_id = $1)"
 
@@ -86,10 +79,7 @@ async def fetch_trace_document(conn: asyncpg.Connection, trace_id: str) -> str |
 
 async def fetch_events(conn: asyncpg.Connection, trace_id: str, *, descending: bool, include_body: bool,
                        after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
-    if descending:
-        sql = EVENTS_DESC if include_body else EVENTS_DESC_NO_BODY
-    else:
-        sql = EVENTS_ASC if include_body else EVENTS_ASC_NO_BODY
+    sql = EVENTS_SQL[(descending, include_body)]
     ts, event_id = after if after else (None, None)
     return await conn.fetch(sql, trace_id, ts, event_id, limit)
 
