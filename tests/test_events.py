@@ -142,8 +142,15 @@ def test_any_input_yields_an_event_or_a_known_reason(value):
         assert result.reason in REASONS
 
 
-def test_decoded_document_with_a_lone_surrogate_is_rejected_not_crashed():
-    from tracker.events import parse_document
+def test_documents_a_lenient_parser_let_in_are_judged_like_kafka_messages():
+    """HTTP bodies are decoded by Python's json, which accepts lone surrogates, NaN and
+    integers of any size; encode_document + parse_message judge them as the consumer will."""
+    from tracker.events import encode_document
 
-    result = parse_document({"trace_id": "t\udb1c", "service": "s", "status": "x", "timestamp": "2024-01-01"})
-    assert isinstance(result, Invalid) and result.reason == "not_utf8"
+    base = {"trace_id": "t", "service": "s", "status": "x", "timestamp": "2024-01-01"}
+    lone = parse_message(encode_document({**base, "trace_id": "t\udb1c"}), max_bytes=MAX)
+    assert isinstance(lone, Invalid) and lone.reason == "not_json"
+    nan = parse_message(encode_document({**base, "body": float("nan")}), max_bytes=MAX)
+    assert isinstance(nan, Invalid) and nan.reason == "not_json"
+    huge = parse_message(encode_document({**base, "body": 10 ** 30}), max_bytes=MAX)
+    assert isinstance(huge, Event) and huge.body == 1e30

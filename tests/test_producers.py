@@ -173,6 +173,8 @@ async def test_http_ingestion_end_to_end(stack):
             assert response.status == 400
         async with session.post("/v1/traces", json={"service": "lone\udb1c"}) as response:
             assert response.status == 400  # schemathesis found this one: it was a 500
+        async with session.post("/v1/traces", json={"service": "big", "body": {"n": 10 ** 30}}) as response:
+            assert response.status == 201  # so was this: an integer beyond 64 bits
         async with session.post("/v1/events", data=b"\xff\x0e", headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400
             assert "UTF-8" in (await response.json())["detail"]

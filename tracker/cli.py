@@ -88,20 +88,20 @@ def _event_from_args(args) -> dict:
 
 
 def cmd_send(args, settings: Settings) -> int:
-    from tracker.events import Invalid, parse_document
+    from tracker.events import Invalid, encode_document, parse_message
     from tracker.producer import send_one
 
     if not settings.kafka_bootstrap_servers:
         raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set")
     if args.trace_id is not None and not (args.service and args.status):
         raise SettingsError("--service and --status are required with --trace-id")
-    event = _event_from_args(args)
-    parsed = parse_document(event)
+    value = encode_document(_event_from_args(args))
+    parsed = parse_message(value, max_bytes=settings.max_message_bytes)
     if isinstance(parsed, Invalid):
         print(f"tracker send: invalid event ({parsed.reason}): {parsed.detail}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        asyncio.run(send_one(settings, event, key=parsed.trace_id))
+        asyncio.run(send_one(settings, value, key=parsed.trace_id))
     except Exception as exc:  # any Kafka failure: say so in one line
         print(f"tracker send: Kafka at {settings.kafka_bootstrap_servers} did not take the event: {exc}",
               file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiokafka import AIOKafkaProducer
 
@@ -43,10 +42,10 @@ class KafkaSender:
             self._producer = None
 
 
-async def send_one(settings: Settings, event: dict, *, key: str) -> None:
-    """Publish one event and wait for Kafka's acknowledgement (`tracker send`)."""
+async def send_one(settings: Settings, value: bytes, *, key: str) -> None:
+    """Publish one message and wait for Kafka's acknowledgement (`tracker send`)."""
     sender = KafkaSender(settings)
     try:
-        await sender.send(json.dumps(event).encode(), key=key)
+        await sender.send(value, key=key)
     finally:
         await sender.close()

@@ -6,12 +6,11 @@ import asyncio
 import uuid
 from datetime import datetime, timezone
 
-import orjson
 from aiokafka.errors import KafkaError
 from connexion import request
 
 from tracker.api.problems import ProblemException, ok
-from tracker.events import Invalid, parse_document
+from tracker.events import Event, Invalid, encode_document, parse_message
 
 
 def _producer():
@@ -22,12 +21,18 @@ def _producer():
     return producer
 
 
-async def _send(doc: dict, trace_id: str) -> None:
-    settings = request.state.settings
-    value = orjson.dumps(doc)
-    if len(value) > settings.max_message_bytes:
-        raise ProblemException(status=413, title="Payload Too Large",
-                               detail=f"the event is {len(value)} bytes; the limit is {settings.max_message_bytes}")
+def _validated(doc, what: str) -> tuple[bytes, Event]:
+    """The bytes to produce, checked by the consumer's own parser."""
+    value = encode_document(doc)
+    parsed = parse_message(value, max_bytes=request.state.settings.max_message_bytes)
+    if isinstance(parsed, Invalid):
+        if parsed.reason == "too_large":
+            raise ProblemException(status=413, title="Payload Too Large", detail=parsed.detail)
+        raise ProblemException(status=400, title="Bad Request", detail=f"invalid {what} ({parsed.reason}): {parsed.detail}")
+    return value, parsed
+
+
+async def _send(value: bytes, trace_id: str) -> None:
     try:
         await asyncio.wait_for(_producer().send(value, key=trace_id), timeout=10)
     except (KafkaError, asyncio.TimeoutError) as exc:
@@ -38,10 +43,8 @@ async def _send(doc: dict, trace_id: str) -> None:
 
 
 async def post_event(body):
-    parsed = parse_document(body)
-    if isinstance(parsed, Invalid):
-        raise ProblemException(status=400, title="Bad Request", detail=f"invalid event ({parsed.reason}): {parsed.detail}")
-    await _send(body, parsed.trace_id)
+    value, parsed = _validated(body, "event")
+    await _send(value, parsed.trace_id)
     return ok({"trace_id": parsed.trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
               status=202)
 
@@ -50,8 +53,6 @@ async def post_trace(body):
     trace_id = str(uuid.uuid4())
     event = {"trace_id": trace_id, "event_id": str(uuid.uuid4()), "status": "received", "trace_status": "STARTED",
              "timestamp": datetime.now(timezone.utc).isoformat(), **body}
-    parsed = parse_document(event)
-    if isinstance(parsed, Invalid):
-        raise ProblemException(status=400, title="Bad Request", detail=f"invalid trace ({parsed.reason}): {parsed.detail}")
-    await _send(event, trace_id)
+    value, parsed = _validated(event, "trace")
+    await _send(value, trace_id)
     return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic}, status=201)
