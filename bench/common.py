@@ -23,19 +23,19 @@ SERVICES = [f"service-{i:02d}" for i in range(20)]
 
 
 @contextlib.contextmanager
-def services():
+def services(postgres: bool = True):
     """(kafka bootstrap, postgres admin URL): from the environment, or local ones for this run."""
     kafka_env, db_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
     state = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
     state.chmod(0o755)
     pg = kafka = None
     try:
-        if not db_env:
+        if postgres and not db_env:
             # Durable settings (fsync on): the numbers are what a real server would give.
             pg = LocalPostgres(state / "postgres", durable=True).start()
         if not kafka_env:
             kafka = LocalKafka(state / "kafka", heap="1g").start()
-        yield (kafka_env or kafka.bootstrap_servers), (db_env or pg.url)
+        yield (kafka_env or kafka.bootstrap_servers), (db_env or (pg.url if pg else None))
     finally:
         if kafka:
             kafka.stop()

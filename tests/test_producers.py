@@ -7,11 +7,13 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.factories import encode, payload_tracker
 from tests.ingest import produce
@@ -141,9 +143,74 @@ async def test_producer_library_never_blocks_and_counts_drops_when_kafka_is_away
     started = time.monotonic()
     accepted = [tracker.emit("t", "received") for _ in range(12)]
     assert time.monotonic() - started < 0.1
-    assert accepted.count(True) == 5 and tracker.dropped == 7
+    assert accepted.count(True) == 5 and tracker.dropped == 7 and tracker.drops["buffer_full"] == 7
     tracker.close_timeout = 0.5
-    await tracker.close()
+    assert await tracker.close() == 5, "close() returns the events it could not send"
+
+
+async def topic_messages(bootstrap: str, topic: str) -> list[dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            partitions = [TopicPartition(topic, p) for p in range(3)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = {tp: await _end(consumer, tp) for tp in partitions}
+        out: list[dict] = []
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                out.extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _end(consumer, tp):
+    await consumer.seek_to_end(tp)
+    end = await consumer.position(tp)
+    consumer.seek(tp, 0)
+    return end
+
+
+async def test_producer_library_delivers_a_burst_of_thousands_before_close_returns(settings, kafka_bootstrap):
+    # One Kafka round trip per event delivered ~120 events/s: this burst took ~40 s and
+    # close() gave up on part of it. Batched, it is a fraction of a second.
+    tracker = await Tracker(kafka_bootstrap, service="burst", topic=settings.topic, close_timeout=30).start()
+    accepted = sum(tracker.emit(f"burst-{i % 100}", "received", operation="copy") for i in range(5000))
+    assert accepted == 5000
+    assert await tracker.close() == 0
+    assert tracker.sent == 5000 and tracker.dropped == 0
+    delivered = await topic_messages(kafka_bootstrap, settings.topic)
+    assert len({m["event_id"] for m in delivered}) == 5000
+
+
+async def test_producer_library_refuses_oversized_and_unserialisable_events_without_raising(settings,
+                                                                                            kafka_bootstrap):
+    tracker = await Tracker(kafka_bootstrap, service="edge", topic=settings.topic,
+                            max_message_bytes=64 * 1024).start()
+    assert tracker.emit("edge-1", "received") is True
+    # Over the bound: refused at once, so it can never stall the events behind it.
+    assert tracker.emit("edge-1", "success", body={"blob": "x" * 100_000}) is False
+    assert tracker.emit("edge-1", "success", body={"handle": object()}) is False
+    assert tracker.emit("edge-1", "success", trace_status="FINISHED") is True
+    assert tracker.drops["too_large"] == 1 and tracker.drops["unserialisable"] == 1 and tracker.dropped == 2
+    assert await tracker.close() == 0
+    delivered = await topic_messages(kafka_bootstrap, settings.topic)
+    assert sorted(m["status"] for m in delivered) == ["received", "success"]
+
+
+def test_sync_producer_library_emits_from_many_threads_and_close_reports_unsent(settings, kafka_bootstrap):
+    tracker = SyncTracker(kafka_bootstrap, service="threads", topic=settings.topic)
+    threads = [threading.Thread(target=lambda n=n: [tracker.emit(f"th-{n}", "received") for _ in range(500)])
+               for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tracker.close() == 0 and tracker.sent == 2000
+    assert len(asyncio.run(topic_messages(kafka_bootstrap, settings.topic))) == 2000
 
 
 async def test_http_ingestion_end_to_end(stack):
