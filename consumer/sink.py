@@ -93,7 +93,7 @@ class Sink:
                         in_flight, done = None, in_flight
                         await done  # surfaces its exception, if any
                     continue
-                parsed = self.parse(batch)
+                parsed = await self.parse(batch)
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.create_task(self.store(parsed))
@@ -133,12 +133,18 @@ class Sink:
         self.committed[tp] = offset or 0
         return self.committed[tp]
 
-    def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> "ParsedBatch":
+    async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> "ParsedBatch":
         events: list[Event] = []
         dead: list[tuple[ConsumerRecord, Invalid]] = []
         max_bytes = self.settings.max_message_bytes
+        n = 0
         for records in batch.values():
             for record in records:
+                n += 1
+                if n % 250 == 0:
+                    # Let the write in flight send its next statement: PostgreSQL works on
+                    # batch n while this core validates batch n+1, instead of waiting for it.
+                    await asyncio.sleep(0)
                 parsed = parse_message(record.value, max_bytes=max_bytes)
                 if isinstance(parsed, Invalid):
                     log.debug("invalid message %s[%d]@%d: %s", record.topic, record.partition, record.offset,

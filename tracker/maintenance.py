@@ -100,7 +100,7 @@ async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
     async with conn.transaction():
         await conn.execute("DELETE FROM events_default WHERE ts < $1", cutoff)
         deleted = await conn.fetchval(
-            "WITH gone AS (DELETE FROM traces WHERE last_at < $1 RETURNING trace_id), "
+            "WITH gone AS (DELETE FROM traces WHERE active_hour <= $1 AND last_at < $1 RETURNING trace_id), "
             "services AS (DELETE FROM trace_services WHERE trace_id IN (SELECT trace_id FROM gone)) "
             "SELECT count(*) FROM gone", cutoff)
         await conn.execute("DELETE FROM rollup_counts WHERE bucket < $1", cutoff)

@@ -4,7 +4,7 @@ constant SQL fragment with a $n parameter; only the set of fragments varies."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -51,6 +51,8 @@ def search_traces_sql(*, filters: dict, since: datetime | None = None, until: da
         where.add("EXISTS (SELECT 1 FROM trace_services s WHERE s.trace_id = t.trace_id AND s.service = {})",
                   filters["service"])
     if since is not None:
+        # active_hour (last_at's hour, indexed) finds the candidates; last_at is exact.
+        where.add("t.active_hour >= {}", since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0))
         where.add("t.last_at >= {}", since)
     if until is not None:
         where.add("t.first_at <= {}", until)
