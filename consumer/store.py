@@ -307,7 +307,6 @@ async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[
         pass
     await conn.copy_records_to_table("staging_events", records=records, columns=COLUMNS)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
-    await conn.execute("TRUNCATE staging_events")
     return [e for e in events if (e.event_id, e.timestamp) in new]
 
 

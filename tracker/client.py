@@ -50,6 +50,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from tracker.producer import start_producer
+
 log = logging.getLogger("tracker.client")
 
 DROP_REASONS = ("buffer_full", "too_large", "unserialisable", "rejected")
@@ -228,13 +230,7 @@ class Tracker(_Steps):
             options = {"acks": "all", "enable_idempotence": True, "linger_ms": 5,
                        "max_batch_size": 256 * 1024, "max_request_size": self.max_message_bytes + 64 * 1024,
                        **self.producer_options}
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await start_producer(self.bootstrap_servers, **options)
         return self._producer
 
     async def _send_batch(self, batch: list[tuple[bytes, bytes]]) -> None:

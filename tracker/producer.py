@@ -9,6 +9,17 @@ from aiokafka import AIOKafkaProducer
 from tracker.settings import Settings
 
 
+async def start_producer(bootstrap_servers: str, **options) -> AIOKafkaProducer:
+    """A started producer; a failed start stops it again, so no connection or task leaks."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **options)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
 class KafkaSender:
     """A producer started on first use and restarted after a failed start, so that a
     process that only sometimes produces (the API) starts, and recovers, without Kafka."""
@@ -21,15 +32,9 @@ class KafkaSender:
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
-                                            enable_idempotence=True, request_timeout_ms=10000,
-                                            max_request_size=self.settings.max_message_bytes + 64 * 1024)
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
+                self._producer = await start_producer(
+                    self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
+                    request_timeout_ms=10000, max_request_size=self.settings.max_message_bytes + 64 * 1024)
             return self._producer
 
     async def send(self, value: bytes, *, key: str) -> None:
