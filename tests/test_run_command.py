@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,14 +22,84 @@ from tracker.settings import ENVIRONMENT
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _fresh_env(state: Path) -> tuple[dict[str, str], int, int]:
+    """Our environment with no Kafka and no database configured, ports and state of its own."""
+    api_port, consumer_port = free_port(), free_port()
+    ours = {var for var, _ in ENVIRONMENT.values()}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update(TRACKER_STATE_DIR=str(state), TRACKER_API_PORT=str(api_port),
+               TRACKER_CONSUMER_PORT=str(consumer_port), TRACKER_API_URL=f"http://127.0.0.1:{api_port}")
+    return env, api_port, consumer_port
+
+
+def _listening(port: int) -> bool:
+    # A connect, not an HTTP request: a server answering 503 while it stops is still running.
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        children = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+def _started_by(up: subprocess.Popen, state: Path) -> set[int]:
+    """Every process `tracker up` started: its descendants and the daemonised postmaster."""
+    pids = _descendants(up.pid)
+    postmaster = int((state / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    return pids | {postmaster}
+
+
+def _kill_leftovers(pids: set[int]) -> None:
+    # After a failed assertion: do not leave the orphans to the rest of the suite.
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _wait_for_banner(up: subprocess.Popen, lines: list[str]) -> None:
+    assert up.stdout is not None
+    for line in up.stdout:
+        lines.append(line.decode(errors="replace"))
+        if "tracker is up." in lines[-1]:
+            return
+    raise AssertionError("tracker up ended before its banner:\n" + "".join(lines))
+
+
+def _survivors(pids: set[int], within: float) -> set[int]:
+    deadline = time.monotonic() + within
+    while (alive := {pid for pid in pids if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive
+
+
 def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
     state = Path(tempfile.mkdtemp(prefix="tracker-up-"))
     state.chmod(0o755)
-    api_port, consumer_port = free_port(), free_port()
-    ours = {var for var, _ in ENVIRONMENT.values()}
-    env = {k: v for k, v in os.environ.items() if k not in ours}  # no Kafka, no database configured
-    env.update(TRACKER_STATE_DIR=str(state), TRACKER_API_PORT=str(api_port),
-               TRACKER_CONSUMER_PORT=str(consumer_port), TRACKER_API_URL=f"http://127.0.0.1:{api_port}")
+    env, api_port, consumer_port = _fresh_env(state)
     out_path = state / "up.out"
     with open(out_path, "wb") as out:
         up = subprocess.Popen([sys.executable, "-m", "tracker.cli", "up"], env=env, cwd=ROOT, stdout=out,
@@ -63,11 +134,62 @@ def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
     assert code == 0, log
     # Everything it started is gone: nothing listens on its ports any more.
     for port in (api_port, consumer_port):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            raise AssertionError(f"port {port} still answers after Ctrl-C")
-        except OSError:
-            pass
+        assert not _listening(port), f"port {port} still open after Ctrl-C"
     postgres_left = subprocess.run(["pgrep", "-f", f"postgres -D {state}"], capture_output=True)
     kafka_left = subprocess.run(["pgrep", "-f", f"{state}/kafka/server.properties"], capture_output=True)
     assert postgres_left.returncode == 1 and kafka_left.returncode == 1, "a local service outlived `tracker up`"
+
+
+def _run_command_up(env: dict[str, str]) -> subprocess.Popen:
+    """README's run command, its stdout a pipe, in a process group of its own like a terminal job."""
+    return subprocess.Popen(["bin/run"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_ctrl_c_after_its_stdout_pipe_closed_leaves_nothing_it_started_running():
+    # `bin/run | tee run.log`, then Ctrl-C: tee is gone first, so every later write fails.
+    state = Path(tempfile.mkdtemp(prefix="tracker-up-"))
+    state.chmod(0o755)
+    env, api_port, consumer_port = _fresh_env(state)
+    up = _run_command_up(env)
+    lines: list[str] = []
+    started: set[int] = set()
+    try:
+        _wait_for_banner(up, lines)
+        started = _started_by(up, state)
+        assert len(started) >= 4, started  # Kafka, PostgreSQL, consumer, API (and the watchdog)
+        up.stdout.close()
+        os.killpg(up.pid, signal.SIGINT)
+        left = _survivors(started | {up.pid}, within=30)
+        assert not left, f"still running 30 s after Ctrl-C: {left}"
+        assert not _listening(api_port) and not _listening(consumer_port)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        up.wait()
+        _kill_leftovers(started)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_killed_launcher_leaves_nothing_it_started_running():
+    state = Path(tempfile.mkdtemp(prefix="tracker-up-"))
+    state.chmod(0o755)
+    env, api_port, consumer_port = _fresh_env(state)
+    up = _run_command_up(env)
+    lines: list[str] = []
+    started: set[int] = set()
+    try:
+        _wait_for_banner(up, lines)
+        started = _started_by(up, state)
+        assert len(started) >= 4, started
+        up.kill()  # SIGKILL: no handler, no finally, nothing of ours runs
+        up.wait()
+        left = _survivors(started, within=30)
+        assert not left, f"still running 30 s after the launcher was killed: {left}"
+        assert not _listening(api_port) and not _listening(consumer_port)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        up.wait()
+        _kill_leftovers(started)
+        shutil.rmtree(state, ignore_errors=True)
