@@ -61,7 +61,8 @@ def cmd_topics(args, settings: Settings) -> int:
     if not settings.kafka_bootstrap_servers:
         raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set")
     created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
-                                        settings.topic_partitions))
+                                        settings.topic_partitions,
+                                        max_message_bytes=settings.max_message_bytes))
     print("created: " + ", ".join(created) if created else "topics exist")
     return 0
 

@@ -21,12 +21,15 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "topic": ("TRACKER_TOPIC", "tracker.events"),
     "dlq_topic": ("TRACKER_DLQ_TOPIC", "tracker.events.dlq"),
     "consumer_group": ("TRACKER_CONSUMER_GROUP", "tracker"),
+    "consumer_instance_id": ("TRACKER_CONSUMER_INSTANCE_ID", None),
     "topic_partitions": ("TRACKER_TOPIC_PARTITIONS", "6"),
     "session_timeout_ms": ("TRACKER_KAFKA_SESSION_TIMEOUT_MS", "10000"),
     "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "2000"),
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
+    "dlq_max_ratio": ("TRACKER_DLQ_MAX_RATIO", "0"),
+    "dlq_window_messages": ("TRACKER_DLQ_WINDOW_MESSAGES", "1000"),
     "retention_days": ("TRACKER_RETENTION_DAYS", "14"),
     "maintenance_interval_seconds": ("TRACKER_MAINTENANCE_INTERVAL_SECONDS", "3600"),
     "api_host": ("TRACKER_API_HOST", "127.0.0.1"),
@@ -36,6 +39,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
     "db_pool_max": ("TRACKER_DB_POOL_MAX", "10"),
+    "consumer_db_pool_max": ("TRACKER_CONSUMER_DB_POOL_MAX", "3"),
     "metrics_max_services": ("TRACKER_METRICS_MAX_SERVICES", "50"),
     "metrics_max_statuses": ("TRACKER_METRICS_MAX_STATUSES", "20"),
     "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
@@ -43,17 +47,23 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "api_url": ("TRACKER_API_URL", "http://127.0.0.1:8080"),
 }
 
-_INT_FIELDS = {
-    "topic_partitions", "session_timeout_ms", "retention_days", "maintenance_interval_seconds", "batch_max_records", "batch_timeout_ms", "max_message_bytes", "retry_max_seconds",
-    "api_port", "consumer_port", "metrics_max_services", "metrics_max_statuses", "db_pool_min", "db_pool_max",
-}
-
-
-_BOOL_FIELDS = {"api_validate_responses"}
-
-
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+def _parse(kind: str, var: str, raw: str | None) -> Any:
+    """One value by its field's declared type (annotations are strings here)."""
+    if kind in ("int", "float"):
+        try:
+            return int(raw) if kind == "int" else float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SettingsError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
+                                f"got {raw!r}") from None
+    if kind == "bool":
+        if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise SettingsError(f"{var} must be true or false, got {raw!r}")
+        return str(raw).lower() in ("true", "1", "yes")
+    return raw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +73,15 @@ class Settings:
     topic: str
     dlq_topic: str
     consumer_group: str
+    consumer_instance_id: str | None
     topic_partitions: int
     session_timeout_ms: int
     batch_max_records: int
     batch_timeout_ms: int
     max_message_bytes: int
     retry_max_seconds: int
+    dlq_max_ratio: float
+    dlq_window_messages: int
     retention_days: int
     maintenance_interval_seconds: int
     api_host: str
@@ -78,6 +91,7 @@ class Settings:
     consumer_port: int
     db_pool_min: int
     db_pool_max: int
+    consumer_db_pool_max: int
     metrics_max_services: int
     metrics_max_statuses: int
     log_level: str
@@ -88,19 +102,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
         for field, (var, default) in ENVIRONMENT.items():
             raw = environ.get(var) or default
-            if field in _INT_FIELDS:
-                try:
-                    values[field] = int(raw)  # type: ignore[arg-type]
-                except (TypeError, ValueError):
-                    raise SettingsError(f"{var} must be an integer, got {raw!r}") from None
-            elif field in _BOOL_FIELDS:
-                if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise SettingsError(f"{var} must be true or false, got {raw!r}")
-                values[field] = str(raw).lower() in ("true", "1", "yes")
-            else:
-                values[field] = raw
+            values[field] = _parse(types[field], var, raw)
         values.update(overrides)
         return cls(**values)
 

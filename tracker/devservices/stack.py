@@ -65,7 +65,8 @@ class Stack:
         applied = asyncio.run(migrate(settings.database_url))
         log.info("migrations applied: %s", applied or "none needed")
         asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
-                                  settings.topic_partitions))
+                                  settings.topic_partitions,
+                                  max_message_bytes=settings.max_message_bytes))
         self.settings = settings
         return settings
 

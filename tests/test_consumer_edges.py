@@ -1,0 +1,185 @@
+"""The consumer at its edges: dead letters too large for Kafka, refusals that no retry
+can fix, a flood of invalid messages, partitions moving between consumers, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from datetime import datetime, timezone
+
+import aiohttp
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.factories import encode, payload_tracker
+from tests.ingest import produce, wait_stored
+from tests.test_end_to_end import read_all
+from tracker.devservices.ports import free_port
+
+
+async def scrape(port: int) -> dict[str, list]:
+    """The consumer's /metrics as {metric name: [samples]}."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def gauge(metrics: dict[str, list], name: str) -> float:
+    return metrics[name][0].value
+
+
+def partitions_exported(metrics: dict[str, list], name: str) -> set[str]:
+    return {sample.labels["partition"] for sample in metrics.get(name, [])}
+
+
+async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+def good_messages(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
+    now = datetime.now(timezone.utc)
+    return [(f"{prefix}-{i}".encode(), encode(payload_tracker(f"{prefix}-{i}", "ingress", "received", now)))
+            for i in range(n)]
+
+
+def test_only_errors_that_can_succeed_on_retry_are_retried():
+    from consumer.sink import is_transient
+
+    assert is_transient(KafkaConnectionError())
+    assert is_transient(NotLeaderForPartitionError())
+    assert is_transient(KafkaTimeoutError())
+    assert is_transient(asyncio.TimeoutError())
+    assert is_transient(asyncpg.exceptions.CannotConnectNowError())
+    assert not is_transient(MessageSizeTooLargeError())
+    assert not is_transient(TopicAuthorizationFailedError())
+    assert not is_transient(asyncpg.exceptions.UndefinedTableError())
+
+
+async def test_a_dead_letter_larger_than_the_producer_takes_is_cut_to_fit_and_the_partition_moves_on(
+        settings, launch, db, kafka_bootstrap):
+    # A 10 kB bound: the dead-letter producer takes 10 kB + 64 KiB; the original is 300 kB.
+    settings = dataclasses.replace(settings, max_message_bytes=10_000)
+    huge = b'{"service": "x", "padding": "' + b"y" * 300_000 + b'"}'
+    good = good_messages("after-huge", 20)
+    consumer = await launch.consumer(settings)
+    await produce(kafka_bootstrap, settings.topic, [(b"k", huge)] + good)
+    await wait_stored(db, len(good), timeout=60, process=consumer)
+    [dead] = await read_all(kafka_bootstrap, settings.dlq_topic, 1)
+    headers = dict(dead.headers)
+    assert headers["tracker.reason"] == b"too_large"
+    assert int(headers["tracker.truncated_from_bytes"]) == len(huge)
+    assert 0 < len(dead.value) < 10_000 + 64 * 1024 and huge.startswith(dead.value)
+    assert consumer.alive
+
+
+async def test_a_refusal_no_retry_can_fix_exits_non_zero_and_leaves_the_batch_to_be_redelivered(
+        settings, launch, db, kafka_bootstrap):
+    # The dead-letter topic takes 1,000-byte records only: the broker refuses the dead letter
+    # (MESSAGE_TOO_LARGE, not retriable). Retrying would stall the partition forever.
+    dlq = f"test.small-dlq.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(dlq, 1, 1, topic_configs={"max.message.bytes": "1000"})])
+        settings = dataclasses.replace(settings, dlq_topic=dlq, retry_max_seconds=1)
+        invalid = b"{not json " + b"z" * 5000
+        await produce(kafka_bootstrap, settings.topic, [(b"k", invalid)])
+        consumer = await launch.consumer(settings, wait=False)
+        code = await asyncio.to_thread(consumer.proc.wait, 60)
+        assert code != 0
+        assert "cannot succeed on retry" in consumer.log()
+        partitions = [TopicPartition(settings.topic, p) for p in range(3)]
+        assert [await committed(kafka_bootstrap, settings.consumer_group, tp) for tp in partitions] == [None] * 3
+
+        # Once the topic is fixed, a restart dead-letters the message and moves on.
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq,
+                                                  configs={"max.message.bytes": "1000000"})])
+        good = good_messages("after-fix", 5)
+        await produce(kafka_bootstrap, settings.topic, good)
+        restarted = await launch.consumer(settings, name="restarted")
+        await wait_stored(db, len(good), timeout=60, process=restarted)
+        [dead] = await read_all(kafka_bootstrap, dlq, 1)
+        assert dead.value == invalid
+    finally:
+        await admin.close()
+
+
+async def test_a_flood_of_invalid_messages_stops_the_consumer_when_a_ratio_is_set(
+        settings, launch, db, kafka_bootstrap):
+    settings = dataclasses.replace(settings, dlq_max_ratio=0.5, dlq_window_messages=200, batch_max_records=50)
+    good = good_messages("before-flood", 100)
+    consumer = await launch.consumer(settings)
+    await produce(kafka_bootstrap, settings.topic, good)
+    await wait_stored(db, len(good), timeout=60, process=consumer)
+    # A producer deploys a broken format: 1,000 messages that are not JSON.
+    await produce(kafka_bootstrap, settings.topic, [(b"k", b"{broken %d" % i) for i in range(1000)])
+    code = await asyncio.to_thread(consumer.proc.wait, 60)
+    assert code != 0
+    assert "TRACKER_DLQ_MAX_RATIO" in consumer.log()
+    dead = await read_all(kafka_bootstrap, settings.dlq_topic, 1000, timeout=5)
+    # Stopped within about one window: far from the whole flood dead-lettered.
+    assert len(dead) <= 200, len(dead)
+    assert await db.fetchval("SELECT count(*) FROM events") == len(good)
+
+
+async def test_partitions_handed_to_another_consumer_leave_the_first_ones_metrics(
+        settings, launch, kafka_bootstrap):
+    await produce(kafka_bootstrap, settings.topic, good_messages("spread", 60))
+    first = await launch.consumer(settings, name="first")
+
+    async def wait_for(port: int, check, what: str, timeout: float = 40) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            metrics = await scrape(port)
+            if check(metrics):
+                return metrics
+            assert time.monotonic() < deadline, f"{what}: {metrics.get('tracker_consumer_lag_messages')}"
+            await asyncio.sleep(0.5)
+
+    await wait_for(settings.consumer_port,
+                   lambda m: partitions_exported(m, "tracker_consumer_lag_messages") == {"0", "1", "2"},
+                   "the only consumer exports the lag of all three partitions")
+    second_settings = dataclasses.replace(settings, consumer_port=free_port())
+    await launch.consumer(second_settings, name="second")
+    second = await wait_for(second_settings.consumer_port,
+                            lambda m: gauge(m, "tracker_consumer_assigned_partitions") >= 1 and
+                            partitions_exported(m, "tracker_consumer_lag_messages"),
+                            "the second consumer took partitions and reports their lag")
+    taken = partitions_exported(second, "tracker_consumer_lag_messages")
+    first_metrics = await wait_for(settings.consumer_port,
+                                   lambda m: gauge(m, "tracker_consumer_assigned_partitions") == 3 - len(taken),
+                                   "the first consumer gave partitions away")
+    for name in ("tracker_consumer_lag_messages", "tracker_consumer_highwater_offset"):
+        # Each partition's lag is exported by its owner only: a sum over consumers is right.
+        assert not partitions_exported(first_metrics, name) & taken, name
+
+
+async def test_a_static_member_restarted_after_kill_9_gets_its_partitions_back_at_once(
+        settings, launch, db, kafka_bootstrap):
+    # A session timeout far longer than the test: only static membership can hand the
+    # partitions back before it ends. Without an instance id the restart waits it out.
+    settings = dataclasses.replace(settings, consumer_instance_id="tracker-static-1", session_timeout_ms=60_000)
+    first = await launch.consumer(settings, name="first")
+    await produce(kafka_bootstrap, settings.topic, good_messages("static-a", 10))
+    await wait_stored(db, 10, timeout=60, process=first)
+    first.kill()
+    restarted = await launch.consumer(settings, name="restarted")
+    await produce(kafka_bootstrap, settings.topic, good_messages("static-b", 10))
+    await wait_stored(db, 20, timeout=30, process=restarted)
