@@ -231,17 +231,21 @@ async def test_http_ingestion_end_to_end(stack):
         assert "request_id" in detail and "date" in detail and "service" in detail
 
         async with session.post("/v1/traces", json={"service": "uploader", "domain": "datasets"}) as response:
-            assert response.status == 201
+            assert response.status == 202  # accepted: readable once the consumer stored it
             created = await response.json()
+            assert response.headers["Location"] == f"/v1/traces/{created['trace_id']}"
         state = await wait_for_trace(stack.api_url, created["trace_id"], 1)
         assert state["services"][0]["service"] == "uploader" and not state["done"]
 
         async with session.post("/v1/traces", json={"nope": 1}) as response:
             assert response.status == 400
+        async with session.post("/v1/traces", json={"service": "two\nlines"}) as response:
+            assert response.status == 400  # control characters are refused in identifiers
+            assert "control character" in (await response.json())["detail"]
         async with session.post("/v1/traces", json={"service": "lone\udb1c"}) as response:
             assert response.status == 400  # schemathesis found this one: it was a 500
         async with session.post("/v1/traces", json={"service": "big", "body": {"n": 10 ** 30}}) as response:
-            assert response.status == 201  # so was this: an integer beyond 64 bits
+            assert response.status == 202  # so was this: an integer beyond 64 bits
         async with session.post("/v1/events", data=b"\xff\x0e", headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400
             assert "UTF-8" in (await response.json())["detail"]

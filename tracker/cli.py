@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
+import time
 from datetime import datetime, timezone
 
 from tracker.logs import setup_logging
@@ -84,7 +86,10 @@ def _event_from_args(args) -> dict:
         if getattr(args, key):
             event[key] = getattr(args, key)
     if args.body:
-        event["body"] = json.loads(args.body)
+        try:
+            event["body"] = json.loads(args.body)
+        except ValueError as exc:
+            raise SettingsError(f"--body is not JSON ({exc}); quote it, e.g. --body '{{\"size\": 3}}'") from None
     return event
 
 
@@ -140,16 +145,27 @@ def _run_api(args, work) -> int:
     try:
         return asyncio.run(main())
     except ApiError as exc:
-        print(f"tracker {args.command}: {exc}", file=sys.stderr)
+        print(f"tracker {args.command}: {printable(exc)}", file=sys.stderr)
         return exc.code
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         print(f"tracker {args.command}: the API at {args.api} is unreachable ({exc})", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """Text from the API made safe for a terminal: control characters shown escaped (\\n,
+    \\x1b), never interpreted. Events are untrusted input; an escape sequence in one must
+    not drive the reader's terminal, a newline must not break a table row."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
 def table(rows: list[tuple], headers: tuple) -> str:
     """A plain aligned table; a dependency would add nothing these few lines do not do."""
-    cells = [tuple(str(v) for v in headers)] + [tuple("-" if v is None else str(v) for v in row) for row in rows]
+    cells = [tuple(str(v) for v in headers)] + [tuple("-" if v is None else printable(v) for v in row)
+                                                for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
 
@@ -182,17 +198,40 @@ def _history_table(events: list[dict]) -> str:
     return table(rows, ("Time", "Service", "Operation", "Status", "Trace status", "Elapsed (s)", "Message / errors"))
 
 
+async def _first_state(session, args) -> dict:
+    """The trace's state; with --watch, wait up to --wait seconds for its first event.
+
+    Watching starts right after the upload, before the first event is stored (about a
+    second later): "unknown" then means "not yet", not "no such trace"."""
+    deadline = time.monotonic() + (args.wait if args.watch else 0)
+    said = False
+    while True:
+        try:
+            return await _get(session, args.api, f"/v1/traces/{args.trace_id}")
+        except ApiError as exc:
+            if exc.code != EXIT_NOT_FOUND or time.monotonic() >= deadline:
+                if exc.code == EXIT_NOT_FOUND and args.watch:
+                    raise ApiError(EXIT_NOT_FOUND, f"{exc} (no event within --wait {args.wait:g}s)") from None
+                raise
+            if not said:
+                print(f"{printable(args.trace_id)}: no event yet, waiting up to {args.wait:g}s for the first one",
+                      flush=True)
+                said = True
+            await asyncio.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+
+
 def cmd_status(args, settings: Settings) -> int:
     async def work(session):
         last = None
+        body = await _first_state(session, args)
         while True:
-            body = await _get(session, args.api, f"/v1/traces/{args.trace_id}")
             if args.watch and not body["done"]:
                 if body["status"] != last:  # one line per change, not a screen per poll
-                    print(f"{body['trace_id']}: {body['status']}, {body['event_count']} event(s), not done yet",
-                          flush=True)
+                    print(f"{printable(body['trace_id'])}: {body['status']}, {body['event_count']} event(s), "
+                          "not done yet", flush=True)
                     last = body["status"]
                 await asyncio.sleep(args.interval)
+                body = await _get(session, args.api, f"/v1/traces/{args.trace_id}")
                 continue
             break
         history = await _history(session, args) if args.history else None
@@ -303,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true",
                         help="poll until the trace is done; exit 0 if it succeeded, 1 if it failed")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --watch")
+    status.add_argument("--wait", type=float, default=60.0,
+                        help="with --watch: seconds to wait for the trace's first event before exit 4 (default 60)")
     status.set_defaults(func=cmd_status)
 
     search = sub.add_parser("search", help="traces matching filters, newest first")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -205,16 +206,22 @@ def _validate(doc: dict, schema_name: str) -> None:
     first = errors[0]
     reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long",
               "maxItems": "too_long"}.get(first.validator, "invalid_value")
-    detail = "; ".join(_describe(e) for e in errors[:10])
+    detail = "; ".join(describe_error(e) for e in errors[:10])
     raise _Rejected(reason, f"not a valid {schema_name}: {detail}")
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def describe_error(error: jsonschema.ValidationError) -> str:
+    """One violation in words a producer can act on (the API's request bodies use it too)."""
     where = ".".join(str(p) for p in error.path) or "the event"
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "pattern":
-        return f"{where}: {error.instance!r} is not allowed here"
+        if isinstance(error.instance, str) and _CONTROL.search(error.instance):
+            return f"{where}: {error.instance[:80]!r} contains a control character, not allowed in identifiers"
+        return f"{where}: {error.instance[:80]!r} is not allowed here"
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
     return f"{where}: {message}"
 

@@ -9,14 +9,16 @@ import logging
 
 import connexion
 import orjson
+from connexion.datastructures import MediaTypeDict
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import ConnexionMiddleware, MiddlewarePosition
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.security import SecurityMiddleware
+from connexion.validators import VALIDATOR_MAP
 
 from tracker.api.allow import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
-from tracker.api.problems import ParameterValidator, body_not_utf8, database_unavailable
+from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
 from tracker.events import spec
 from tracker.producer import KafkaSender
@@ -63,7 +65,8 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
     app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,
                              jsonifier=Jsonifier(OrjsonModule), middlewares=middlewares)
     app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
-                validator_map={"parameter": ParameterValidator})
+                validator_map={"parameter": ParameterValidator,
+                               "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": BodyValidator})})
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
     app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
                        spec_paths=spec()["paths"])

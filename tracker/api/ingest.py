@@ -55,4 +55,6 @@ async def post_trace(body):
              "timestamp": datetime.now(timezone.utc).isoformat(), **body}
     value, parsed = _validated(event, "trace")
     await _send(value, trace_id)
-    return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic}, status=201)
+    # 202, not 201: the trace exists once the consumer has stored this event, a moment later.
+    return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
+              status=202, headers={"Location": f"/v1/traces/{trace_id}"})

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 
-from connexion.exceptions import ProblemException  # noqa: F401  (re-exported)
+from connexion.exceptions import BadRequestProblem, ProblemException  # noqa: F401  (re-exported)
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.problem import problem
 from connexion import validators as connexion_validators
 from jsonschema import Draft4Validator
 
+from tracker.events import describe_error
+
 log = logging.getLogger("tracker.api")
 
 
-def ok(body, status: int = 200):  # noqa: D401
+def ok(body, status: int = 200, headers: dict[str, str] | None = None):  # noqa: D401
     """A JSON body; the content type is explicit because operations also declare problem+json."""
-    return body, status, {"Content-Type": "application/json"}
+    return body, status, {"Content-Type": "application/json", **(headers or {})}
 
 
 def not_found(detail: str) -> ProblemException:
@@ -38,6 +40,19 @@ def database_unavailable(request: ConnexionRequest, exc: Exception) -> Connexion
     return problem(status=503, title="Service Unavailable",
                    detail="The database is unreachable right now; retry in a few seconds.",
                    headers={"Retry-After": "5"})
+
+
+class BodyValidator(connexion_validators.JSONRequestBodyValidator):
+    """Connexion's body check, listing every violation in the consumer's words (a regular
+    expression in a message helps nobody; "contains a control character" does)."""
+
+    def _validate(self, body):
+        if not self._nullable and body is None:
+            raise BadRequestProblem(detail="the request body must not be empty")
+        errors = sorted(self._validator.iter_errors(body), key=lambda e: (list(e.path), e.validator))
+        if errors:
+            raise BadRequestProblem(detail="; ".join(describe_error(e) for e in errors[:10]))
+        return None
 
 
 class ParameterValidator(connexion_validators.ParameterValidator):
