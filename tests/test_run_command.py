@@ -193,3 +193,20 @@ def test_a_killed_launcher_leaves_nothing_it_started_running():
         up.wait()
         _kill_leftovers(started)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_user_without_root_is_told_the_one_command_that_installs_what_is_missing(tmp_path):
+    # A PATH with bash, python and coreutils but no java, mvn or prometheus.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("bash", "ls", "cat"):
+        (bindir / tool).symlink_to(shutil.which(tool))
+    (bindir / "python3").symlink_to("/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable)
+    # The script's text as an argument: the test's folders need not be readable by nobody.
+    script = (ROOT / "bin" / "_system").read_text() + "\nneed_system_packages test\n"
+    result = subprocess.run(
+        [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--", "/bin/bash", "-c", script],
+        capture_output=True, text=True, env={"PATH": str(bindir)}, cwd="/", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "sudo apt-get install -y openjdk-17-jre-headless maven" in result.stderr
+    assert "prometheus" in result.stderr
