@@ -17,6 +17,8 @@ from schemathesis.checks import positive_data_acceptance
 from consumer.store import prepare_connection, write_batch
 from tests.factories import encode, pipeline_trace, status_api
 from tests.plugins.processes import Launcher
+from tracker.api.params import EPOCH, duration
+from tracker.api.problems import ProblemException
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import create_database, drop_database
@@ -26,6 +28,30 @@ from tracker.topics import ensure_topics
 
 SPEC = Path(__file__).resolve().parents[1] / "swagger" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(SPEC))
+
+
+def breaks_a_rule_stated_in_words(path: str, query: dict) -> bool:
+    """The requests the document rules out in words, because OpenAPI 3.0 cannot say them
+    as schema (each is answered 400 with that sentence, tested elsewhere): a cursor is one
+    a previous page returned, never made up; `since` and `lookback` are not given
+    together; `since` is not after `until`; `lookback` / `bucket` is at most 10,000
+    buckets. Everything else the schema allows must be accepted (positive_data_acceptance)."""
+    if not query:
+        return False
+    if "cursor" in query or ("since" in query and ("lookback" in query or "until" in query)):
+        return True
+    if path == "/v1/stats/counts":
+        try:
+            window = min(duration(str(query.get("lookback", "24h")), "lookback"),
+                         datetime.now(timezone.utc) - EPOCH)
+            return window / duration(str(query.get("bucket", "1h")), "bucket") > 10_000
+        except (ProblemException, ZeroDivisionError):
+            return False  # not a duration: the schema's own business, not this rule's
+    return False
+
+
+def filter_query(ctx, query):
+    return not breaks_a_rule_stated_in_words(ctx.operation.path, query or {})
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +83,21 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
     await drop_database(postgres_admin_url, name)
 
 
+@schema.hooks.apply(filter_query)
 @schema.parametrize()
 @hypothesis_settings(max_examples=40, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                             HealthCheck.filter_too_much])
 def test_every_operation_conforms_to_the_spec(case, spec_api):
     base_url, process = spec_api
-    # Inputs the schema cannot express as invalid (since after until, since with lookback,
-    # a path that is not base64) are valid for the schema yet rejected with a 400 that
-    # says why; so "valid input must be accepted" is not a property of this API.
+    # Every check, positive_data_acceptance included: whatever the document says is valid
+    # the server accepts, so a client generated from it sends only what the server takes.
+    # The coverage phase does not run filter hooks: its combinations that break a rule
+    # stated in words are still sent (and must not 5xx), but need not be accepted.
+    excluded = [positive_data_acceptance] if breaks_a_rule_stated_in_words(case.operation.path, case.query or {}) \
+        else []
     try:
-        case.call_and_validate(base_url=base_url, excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(base_url=base_url, excluded_checks=excluded)
     except Exception:
         print("API log tail:\n" + process.log()[-3000:])
         raise

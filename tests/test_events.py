@@ -92,6 +92,15 @@ def test_null_fields_count_as_absent():
     assert isinstance(event, Event) and event.inventory_id is None
 
 
+def test_u0000_in_free_form_content_becomes_the_replacement_character_instead_of_costing_the_event():
+    doc = {"trace_id": "t", "service": "s", "status": "error", "timestamp": "2024-01-01T00:00:00Z",
+           "message": "bad\x00byte", "body": {"k\x00": ["v\x00"]}, "meta": {"\x00": 1}}
+    event = parse_message(json.dumps(doc).encode(), max_bytes=MAX)
+    assert isinstance(event, Event)
+    assert event.message == "bad\ufffdbyte" and event.body == {"k\ufffd": ["v\ufffd"]}
+    assert event.meta == {"\ufffd": 1}
+
+
 @pytest.mark.parametrize("value, reason", [
     (None, "null_value"),
     (b"\xff\xfe not utf-8", "not_utf8"),
@@ -111,8 +120,10 @@ def test_null_fields_count_as_absent():
     (json.dumps({"trace_id": "t", "component": "c", "trace_event_status": "OK"}).encode(), "missing_field"),
     (json.dumps({"service": "s", "request_id": "r\x00", "status": "x", "date": "2024-01-01"}).encode(),
      "nul_character"),
-    (json.dumps({"trace_id": "t", "service": "s", "status": "x", "timestamp": "2024-01-01",
-                 "body": {"k\x00": 1}}).encode(), "nul_character"),
+    (json.dumps({"trace_id": "t", "service": "s\x00", "status": "x", "timestamp": "2024-01-01"}).encode(),
+     "nul_character"),
+    (json.dumps({"trace_id": "t", "service": "s", "status": "x", "timestamp": "2024-01\x00-01"}).encode(),
+     "nul_character"),
 ])
 def test_invalid_messages_get_a_reason_and_a_sentence(value, reason):
     result = parse_message(value, max_bytes=MAX)

@@ -21,6 +21,8 @@ import jsonschema
 import orjson
 import yaml
 
+from tracker import times
+
 SPEC_PATH = Path(__file__).resolve().parent.parent / "swagger" / "openapi.yaml"
 
 # Namespace of derived event ids: uuid5(namespace, canonical JSON of the message).
@@ -101,7 +103,9 @@ def validator(schema_name: str) -> jsonschema.Draft4Validator:
 def fast_validator(schema_name: str):
     """The hot path: the same schema compiled to Python by fastjsonschema (~40x faster than
     jsonschema here; measured in bench/ingest), which stops at the first violation."""
-    return fastjsonschema.compile(_schema_document(schema_name))
+    # `format: date-time` promises clients that RFC 3339 is accepted; parse_time checks the
+    # value itself, and also takes the ancestors' looser forms, so the format is not enforced here.
+    return fastjsonschema.compile(_schema_document(schema_name), formats={"date-time": lambda value: True})
 
 
 @lru_cache(maxsize=1)
@@ -149,10 +153,12 @@ def _decode(value: bytes | None, max_bytes: int) -> dict:
     # Counting brackets is C-fast; only a message with many of them can be too deep.
     if value.count(b"[") + value.count(b"{") > MAX_DEPTH and _depth(doc) > MAX_DEPTH:
         raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels")
-    # PostgreSQL text and jsonb cannot hold U+0000: such a message could never be stored,
-    # and must not become a poison message that stops the partition.
+    # PostgreSQL text and jsonb cannot hold U+0000. In free-form content (bodies, messages,
+    # tracebacks) it becomes U+FFFD, the replacement character, rather than costing the
+    # event; in identifiers and times it is refused (nul_character), since a changed id
+    # would name another trace.
     if b"\\u0000" in value and _has_nul(doc):
-        raise _Rejected("nul_character", "the message contains the character U+0000, which cannot be stored")
+        doc = _replace_nul(doc)
     # A null field means "not given" in both ancestors' producers.
     return {k: v for k, v in doc.items() if v is not None}
 
@@ -172,6 +178,32 @@ def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
         depth += 1
         level = nxt
     return depth
+
+
+# Top-level fields (modern and legacy names) that identify or time an event: never rewritten.
+_IDENTIFYING = frozenset({
+    "trace_id", "request_id", "id", "event_id", "trace_event_id", "service", "status", "trace_event_status",
+    "source", "account", "org_id", "inventory_id", "system_id", "domain", "domain_id", "application",
+    "application_id", "user", "operation", "component", "handler", "timestamp", "date", "start_time",
+    "end_time", "date_started", "date_end", "trace_status", "run_status",
+})
+
+
+def _replace_nul(doc: dict) -> dict:
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            return item.replace("\x00", "\ufffd")
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [clean(v) for v in item]
+        return item
+
+    for key, item in doc.items():
+        if key in _IDENTIFYING and isinstance(item, str) and "\x00" in item:
+            raise _Rejected("nul_character", f"{key}: contains the character U+0000, which no identifier or time "
+                                             "can contain")
+    return {clean(k): (v if k in _IDENTIFYING else clean(v)) for k, v in doc.items()}
 
 
 def _has_nul(value: Any) -> bool:
@@ -206,6 +238,10 @@ def _validate(doc: dict, schema_name: str) -> None:
     first = errors[0]
     reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long",
               "maxItems": "too_long"}.get(first.validator, "invalid_value")
+    if first.validator == "pattern" and isinstance(first.instance, str) and "\x00" in first.instance:
+        reason = "nul_character"
+    if first.validator == "anyOf" and all(c.validator == "required" for c in first.context or ()):
+        reason = "missing_field"
     detail = "; ".join(describe_error(e) for e in errors[:10])
     raise _Rejected(reason, f"not a valid {schema_name}: {detail}")
 
@@ -218,12 +254,20 @@ def describe_error(error: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in error.path) or "the event"
     if error.validator == "required":
         return f"{where}: {error.message}"
+    if error.validator == "anyOf" and all(c.validator == "required" for c in error.context or ()):
+        fields = sorted({field for c in error.context for field in c.validator_value})
+        return f"{where}: needs at least one of {', '.join(fields)}"
     if error.validator == "pattern":
         if isinstance(error.instance, str) and _CONTROL.search(error.instance):
             return f"{where}: {error.instance[:80]!r} contains a control character, not allowed in identifiers"
         return f"{where}: {error.instance[:80]!r} is not allowed here"
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
     return f"{where}: {message}"
+
+
+# The schema of each format, by what detect_format answers.
+EVENT_SCHEMAS = {"tracker": "TrackerEvent", "payload_tracker": "PayloadTrackerMessage",
+                 "status_api": "StatusApiEvent"}
 
 
 def _normalise(doc: dict, fmt: str) -> Event:
@@ -250,6 +294,14 @@ def derive_event_id(doc: dict) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, canonical))
 
 
+def rename_legacy(doc: dict) -> dict | Invalid:
+    """A Status API event with its legacy names replaced by the modern ones, or why not."""
+    try:
+        return _rename_legacy(doc)
+    except _Rejected as exc:
+        return exc.invalid
+
+
 def _rename_legacy(doc: dict) -> dict:
     legacy = status_api_legacy_names()
     out: dict = {}
@@ -268,13 +320,11 @@ def _rename_legacy(doc: dict) -> dict:
 
 def parse_time(value: str, field: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+        # Naive times are UTC, as in both ancestors.
+        return times.parse_time(value)
+    except (ValueError, OverflowError):
         raise _Rejected("invalid_value",
                         f"{field}: {value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)  # naive times are UTC, as in both ancestors
-    return parsed
 
 
 def _error_messages(errors: list | None) -> tuple[str, ...]:

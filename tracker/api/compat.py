@@ -100,26 +100,33 @@ async def status_api_trace(trace_id: str):
     } for r in rows])
 
 
-_BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+# The spec's pattern for this parameter, here too (it is also served without validation).
+_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2,3})?={0,2}$")
 
 
-def decode_path(encoded: str) -> str:
-    """Standard or URL-safe base64, padding optional (clients differ)."""
+def decode_path(encoded: str) -> str | None:
+    """Standard or URL-safe base64, padding optional (clients differ). None when the bytes
+    are not a path any event can carry (not UTF-8, or U+0000): nothing can match it."""
     try:
         if not _BASE64.match(encoded):
             raise ValueError
         urlsafe = encoded.rstrip("=").translate(str.maketrans("+/", "-_"))
-        path = base64.urlsafe_b64decode(urlsafe + "=" * (-len(urlsafe) % 4)).decode("utf-8")
-        if "\x00" in path:
-            raise ValueError  # no stored path can contain U+0000
-        return path
-    except (binascii.Error, UnicodeError, ValueError):
+        raw = base64.urlsafe_b64decode(urlsafe + "=" * (-len(urlsafe) % 4))
+    except (binascii.Error, ValueError):
         raise bad_request("path must be the object path encoded in base64 (standard or URL-safe alphabet), "
                           "e.g. czM6Ly9idWNrZXQva2V5 for s3://bucket/key") from None
+    try:
+        path = raw.decode("utf-8")
+    except UnicodeError:
+        return None
+    return None if "\x00" in path else path
 
 
 async def status_api_from_path(path: str):
     decoded = decode_path(path)
+    if decoded is None:
+        raise not_found("No event carried that path: it decodes to bytes no path can hold "
+                        "(not UTF-8, or U+0000).")
     async with request.state.pool.acquire() as conn:
         rows = await lookup_path(conn, decoded)
     if not rows:

@@ -6,10 +6,15 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from tracker.api.problems import bad_request
+from tracker.times import parse_time
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_WINDOW = timedelta(days=3660)
+# Every duration the spec's pattern allows is accepted: one longer than any data is old
+# means "all of it" (windows start at the epoch at the earliest), so there is no upper
+# bound to state — only Python's own, which this stays below.
+_LONGEST = timedelta(days=999_999_000)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def duration(value: str | None, name: str) -> timedelta | None:
@@ -20,19 +25,23 @@ def duration(value: str | None, name: str) -> timedelta | None:
         raise bad_request(f"{name}: {value!r} is not a duration; use a number and a unit: ms, s, m, h or d "
                           "(e.g. 250ms, 1.5s, 30m, 24h, 7d)")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds > MAX_WINDOW.total_seconds():
-        raise bad_request(f"{name}: {value!r} is longer than the longest allowed, {MAX_WINDOW.days} days")
-    return timedelta(seconds=seconds)
+    return min(timedelta(seconds=min(seconds, _LONGEST.total_seconds())), _LONGEST)
+
+
+def before(end: datetime, span: timedelta) -> datetime:
+    """``end - span``, but not before the epoch (nothing the tracker stores is older; and
+    Python's datetime ends at year 1). A window ending before the epoch is empty anyway."""
+    floor = min(EPOCH, end)
+    return end - span if span < end - floor else floor
 
 
 def time(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_time(value)
     except ValueError:
         raise bad_request(f"{name}: {value!r} is not an ISO 8601 time; use e.g. 2024-05-01T12:00:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def window(since: str | None, until: str | None, lookback: str | None) -> tuple[datetime | None, datetime | None]:
@@ -42,7 +51,7 @@ def window(since: str | None, until: str | None, lookback: str | None) -> tuple[
     start, end = time(since, "since"), time(until, "until")
     span = duration(lookback, "lookback")
     if span is not None:
-        start = (end or datetime.now(timezone.utc)) - span
+        start = before(end or datetime.now(timezone.utc), span)
     if start is not None and end is not None and start > end:
         raise bad_request(f"the window is empty: since ({start.isoformat()}) is after until ({end.isoformat()})")
     return start, end

@@ -10,7 +10,7 @@ from connexion.problem import problem
 from connexion import validators as connexion_validators
 from jsonschema import Draft4Validator
 
-from tracker.events import describe_error
+from tracker.events import EVENT_SCHEMAS, Invalid, describe_error, detect_format, rename_legacy, validator
 
 log = logging.getLogger("tracker.api")
 
@@ -49,9 +49,22 @@ class BodyValidator(connexion_validators.JSONRequestBodyValidator):
     def _validate(self, body):
         if not self._nullable and body is None:
             raise BadRequestProblem(detail="the request body must not be empty")
+        if isinstance(body, dict) and detect_format(body) == "status_api":
+            # Legacy Status API names are accepted over HTTP as on Kafka (the schema shows the
+            # modern ones); the consumer's parser, which the handler runs next, renames them.
+            body = rename_legacy(body)
+            if isinstance(body, Invalid):
+                raise BadRequestProblem(detail=f"invalid event ({body.reason}): {body.detail}")
         errors = sorted(self._validator.iter_errors(body), key=lambda e: (list(e.path), e.validator))
+        prefix = ""
+        if errors and isinstance(body, dict) and errors[0].validator == "oneOf" and not errors[0].path:
+            # "not valid under any of the given schemas" helps nobody: name the format the
+            # consumer would read it as, and list what that format misses.
+            name = EVENT_SCHEMAS[detect_format(body)]
+            errors = sorted(validator(name).iter_errors(body), key=lambda e: (list(e.path), e.validator)) or errors
+            prefix = f"not a valid {name}: "
         if errors:
-            raise BadRequestProblem(detail="; ".join(describe_error(e) for e in errors[:10]))
+            raise BadRequestProblem(detail=prefix + "; ".join(describe_error(e) for e in errors[:10]))
         return None
 
 
@@ -72,11 +85,12 @@ class ParameterValidator(connexion_validators.ParameterValidator):
         if not error or error.startswith("Missing"):
             return error
         schema = param.get("schema", param)
-        described = schema.get("description") or next(
+        described = schema.get("description") or param.get("description") or next(
             (part.get("description") for part in schema.get("allOf", []) if part.get("description")), None)
         allowed = described or ", ".join(
             f"{k} {v}" for k, v in schema.items()
             if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength"))
+        allowed = " ".join(allowed.split())  # descriptions are wrapped YAML blocks
         first_line = error.splitlines()[0]
         if "does not match" in first_line:  # a regular expression helps nobody; the description does
             first_line = f"{value!r} is not in the expected form"

@@ -13,7 +13,7 @@ from tracker.queries import stats as q
 
 
 def _since(lookback: str) -> datetime:
-    return datetime.now(timezone.utc) - params.duration(lookback, "lookback")
+    return params.before(datetime.now(timezone.utc), params.duration(lookback, "lookback"))
 
 
 async def services(lookback: str = "24h"):
@@ -24,13 +24,14 @@ async def services(lookback: str = "24h"):
 
 async def counts(lookback: str = "24h", bucket: str = "1h", service: str | None = None):
     width = params.duration(bucket, "bucket")
-    span = params.duration(lookback, "lookback")
     if width < timedelta(minutes=1):
         raise bad_request(f"bucket: {bucket!r} is finer than the rollups, which count per minute; use 1m or more")
-    if span / width > 10_000:
-        raise bad_request(f"lookback / bucket gives {int(span / width)} buckets; at most 10000 are allowed")
+    since = _since(lookback)
+    buckets = (datetime.now(timezone.utc) - since) / width
+    if buckets > 10_000:
+        raise bad_request(f"lookback / bucket gives {int(buckets)} buckets; at most 10000 are allowed")
     async with request.state.pool.acquire() as conn:
-        document = await q.counts_document(conn, _since(lookback), width, service)
+        document = await q.counts_document(conn, since, width, service)
     return ConnexionResponse(status_code=200, content_type="application/json", body=document)
 
 

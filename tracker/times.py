@@ -1,0 +1,23 @@
+"""Reading times: every RFC 3339 date-time (what the OpenAPI document promises), and the
+ISO 8601 forms the ancestors' producers send (a space for the T, no zone = UTC)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+_LEAP_SECOND = re.compile(r"([T ]\d{2}:\d{2}):60")
+
+
+def parse_time(value: str) -> datetime:
+    """Aware datetime, or ValueError. RFC 3339 allows a lower-case t and z, which
+    datetime.fromisoformat does not, and a leap second (:60), which datetime cannot hold:
+    it is read as the last instant of that minute."""
+    text = value.upper() if ("t" in value or "z" in value) else value
+    leap = _LEAP_SECOND.search(text)
+    if leap:
+        text = _LEAP_SECOND.sub(r"\1:59", text, count=1)
+    parsed = datetime.fromisoformat(text)
+    if leap:
+        parsed = parsed.replace(microsecond=0) + timedelta(seconds=1) - timedelta(microseconds=1)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
