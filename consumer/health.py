@@ -14,7 +14,7 @@ from consumer.metrics import ConsumerMetrics
 def health_app(metrics: ConsumerMetrics, pool: asyncpg.Pool, sink) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         # Alive while the loop polls; a loop stuck for 5 minutes outside a retry is not.
-        stuck = time.monotonic() - sink.last_poll > 300 and not metrics.paused._value.get()
+        stuck = time.monotonic() - sink.last_poll > 300 and not sink.paused
         return web.json_response({"status": "stuck" if stuck else "ok"}, status=503 if stuck else 200)
 
     async def readyz(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from consumer.store import prepare_connection
 from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection
 from tracker.maintenance import run_maintenance
 from tracker.settings import Settings
+from tracker.topics import record_limit
 
 log = logging.getLogger("tracker.consumer")
 
@@ -49,10 +50,14 @@ async def run(settings: Settings) -> None:
 
     metrics = ConsumerMetrics(max_services=settings.metrics_max_services,
                               max_statuses=settings.metrics_max_statuses)
-    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=2)
+    # One connection writes; the others serve maintenance and /readyz without waiting for it.
+    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=settings.consumer_db_pool_max)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
+        # Static membership: a restarted member with the same id gets its partitions back
+        # at once instead of after the session timeout (README: "Restarts").
+        group_instance_id=settings.consumer_instance_id or None,
         # Offsets are committed by the sink only after the database commit.
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -62,9 +67,10 @@ async def run(settings: Settings) -> None:
         max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1024 * 1024),
         fetch_max_bytes=max(settings.max_message_bytes * 4, 50 * 1024 * 1024),
     )
+    dead_letter_limit = record_limit(settings.max_message_bytes)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, max_request_size=settings.max_message_bytes + 64 * 1024)
-    sink = Sink(settings, consumer, producer, pool, metrics, stop)
+                                enable_idempotence=True, max_request_size=dead_letter_limit)
+    sink = Sink(settings, consumer, producer, pool, metrics, stop, dead_letter_limit=dead_letter_limit)
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
     tasks: list[asyncio.Task] = []
     try:

@@ -13,13 +13,16 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError, RebalanceInProgressError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from consumer.deadletter import send_dead_letters
@@ -45,6 +48,24 @@ class Stopping(Exception):
     """Shutdown was asked for while waiting for a service; the batch is left uncommitted."""
 
 
+class DeadLetterFlood(Exception):
+    """More than TRACKER_DLQ_MAX_RATIO of the recent messages were invalid: stop rather than
+    dead-letter a whole topic (a producer deployed a broken format). Nothing of the batch
+    that tripped it is dead-lettered or committed; after the fix, a restart resumes there."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Can the same attempt succeed later? Only then is it retried; anything else ends the
+    process (non-zero), the supervisor restarts it and Kafka redelivers the batch.
+
+    Kafka says so per error class (``retriable``: no leader, coordinator moving, connection
+    lost); a timeout is a broker not answering. Not retriable: a record too large for the
+    broker, an authorisation failure, a bad configuration — retrying those stalls forever."""
+    if isinstance(exc, KafkaError):
+        return exc.retriable or isinstance(exc, KafkaTimeoutError)
+    return isinstance(exc, (asyncio.TimeoutError, *TRANSIENT_ERRORS))
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, sink: "Sink") -> None:
         self.sink = sink
@@ -52,6 +73,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: it commits its own offsets before the partitions move.
         async with self.sink.batch_lock:
+            self.sink.forget(revoked)
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     async def on_partitions_assigned(self, assigned):
@@ -61,7 +83,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Sink:
     def __init__(self, settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                 pool: asyncpg.Pool, metrics: ConsumerMetrics, stop: asyncio.Event) -> None:
+                 pool: asyncpg.Pool, metrics: ConsumerMetrics, stop: asyncio.Event, *,
+                 dead_letter_limit: int) -> None:
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -71,6 +94,23 @@ class Sink:
         self.batch_lock = asyncio.Lock()
         self.committed: dict[TopicPartition, int] = {}
         self.last_poll = time.monotonic()
+        self.paused = False  # waiting for PostgreSQL or Kafka to come back
+        # The producer's max_request_size: a dead letter is cut to fit it (deadletter.py).
+        self.dead_letter_limit = dead_letter_limit
+        # (messages, invalid) per recent batch, for TRACKER_DLQ_MAX_RATIO.
+        self._recent: deque[tuple[int, int]] = deque()
+        self._recent_total = self._recent_invalid = 0
+
+    def forget(self, revoked) -> None:
+        """Partitions moved away: drop their series, so each partition's lag is exported
+        by its owner only (a stale copy here would be summed with the owner's)."""
+        for tp in revoked:
+            self.committed.pop(tp, None)
+            for gauge in (self.metrics.lag, self.metrics.highwater):
+                try:
+                    gauge.remove(str(tp.partition))
+                except KeyError:
+                    pass
 
     def listener(self) -> ConsumerRebalanceListener:
         return _Rebalance(self)
@@ -162,9 +202,11 @@ class Sink:
         batch, events, dead = parsed.records, parsed.events, parsed.dead
         count = sum(len(r) for r in batch.values())
 
+        self._check_flood(count, len(dead))
         if dead:
             # Dead letters first: once offsets are committed the original is gone from our view.
-            await self._retrying("kafka", lambda: send_dead_letters(self.producer, self.settings.dlq_topic, dead))
+            await self._retrying("kafka", lambda: send_dead_letters(self.producer, self.settings.dlq_topic, dead,
+                                                                    limit=self.dead_letter_limit))
             for _, invalid in dead:
                 self.metrics.invalid.labels(invalid.reason).inc()
             log.warning("dead-lettered %d invalid message(s) of %d, first: %s", len(dead), count, dead[0][1].detail)
@@ -195,6 +237,26 @@ class Sink:
         log.debug("batch: %d messages, %d new, %d duplicate, %d dead-lettered",
                   count, result.inserted, result.duplicates, len(dead))
 
+    def _check_flood(self, count: int, invalid: int) -> None:
+        """Raise DeadLetterFlood when over the last ``dlq_window_messages`` (whole batches)
+        more than ``dlq_max_ratio`` were invalid. Off when the ratio is 0."""
+        ratio = self.settings.dlq_max_ratio
+        if ratio <= 0:
+            return
+        self._recent.append((count, invalid))
+        self._recent_total += count
+        self._recent_invalid += invalid
+        window = self.settings.dlq_window_messages
+        while len(self._recent) > 1 and self._recent_total - self._recent[0][0] >= window:
+            old_count, old_invalid = self._recent.popleft()
+            self._recent_total -= old_count
+            self._recent_invalid -= old_invalid
+        if self._recent_total >= window and self._recent_invalid > ratio * self._recent_total:
+            raise DeadLetterFlood(
+                f"{self._recent_invalid} of the last {self._recent_total} messages were invalid, over "
+                f"TRACKER_DLQ_MAX_RATIO={ratio}; stopping without dead-lettering or committing this batch "
+                f"(see tracker_consumer_invalid_messages_total by reason, fix the producer, then restart)")
+
     async def _write(self, events: list[Event]):
         async with self.pool.acquire() as conn:
             try:
@@ -222,13 +284,19 @@ class Sink:
         while True:
             try:
                 result = await attempt()
+                self.paused = False
                 self.metrics.paused.set(0)
                 return result
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
                 raise
-            except (KafkaError, *TRANSIENT_ERRORS) as exc:
+            except (KafkaError, asyncio.TimeoutError, *TRANSIENT_ERRORS) as exc:
+                if not is_transient(exc):
+                    log.error("%s refused the batch (%s: %s); this cannot succeed on retry, exiting so that "
+                              "the batch is redelivered after a restart", target, type(exc).__name__, exc)
+                    raise
                 if self.stop.is_set():
                     raise Stopping() from exc
+                self.paused = True
                 self.metrics.paused.set(1)
                 self.metrics.retries.labels(target).inc()
                 log.warning("%s unavailable (%s: %s); retrying in %.1fs, offsets not committed",

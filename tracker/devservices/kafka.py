@@ -117,7 +117,7 @@ class LocalKafka:
             raise RuntimeError("a Java runtime (java) is needed to run the local Kafka broker")
         return java
 
-    def start(self, timeout: float = 120.0) -> "LocalKafka":
+    def start(self, timeout: float = 120.0, on_launch=None) -> "LocalKafka":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._classpath = kafka_classpath()
         self.port, self.controller_port = free_port(), free_port()
@@ -130,6 +130,8 @@ class LocalKafka:
             if result.returncode != 0:
                 raise RuntimeError(f"kafka-storage format failed:\n{result.stdout}{result.stderr}")
         self._launch()
+        if on_launch is not None:
+            on_launch(self._proc.pid)
         self._wait_ready(timeout)
         log.info("Kafka ready on %s", self.bootstrap_servers)
         return self

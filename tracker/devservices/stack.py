@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tracker.devservices.kafka import LocalKafka
 from tracker.devservices.postgres import LocalPostgres, create_database
+from tracker.devservices.watchdog import Watchdog
 from tracker.migrate import migrate
 from tracker.settings import ENVIRONMENT, Settings
 from tracker.topics import ensure_topics
@@ -51,16 +52,20 @@ class Stack:
         self.postgres: LocalPostgres | None = None
         self.kafka: LocalKafka | None = None
         self.processes: list[subprocess.Popen] = []
+        # Started first: from here on, nothing we start outlives us (see watchdog.py).
+        self.watchdog = Watchdog(self.state / "logs" / "watchdog.log")
 
     def start_services(self) -> Settings:
         """Start local Kafka/PostgreSQL where none is configured; migrate; create topics."""
         settings = self.settings
         if not settings.database_url:
-            self.postgres = LocalPostgres(self.state / "postgres").start()
+            self.postgres = LocalPostgres(self.state / "postgres")
+            self.watchdog.watch_pidfile(self.postgres.data_dir / "postmaster.pid", signal.SIGINT)  # fast shutdown
+            self.postgres.start()
             url = asyncio.run(create_database(self.postgres.url, "tracker", if_missing=True))
             settings = dataclasses.replace(settings, database_url=url)
         if not settings.kafka_bootstrap_servers:
-            self.kafka = LocalKafka(self.state / "kafka").start()
+            self.kafka = LocalKafka(self.state / "kafka").start(on_launch=self.watchdog.watch_pid)
             settings = dataclasses.replace(settings, kafka_bootstrap_servers=self.kafka.bootstrap_servers)
         applied = asyncio.run(migrate(settings.database_url))
         log.info("migrations applied: %s", applied or "none needed")
@@ -75,10 +80,11 @@ class Stack:
         logs = self.state / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for module, log_name in (("consumer", "consumer.log"), ("tracker.api", "api.log")):
-            print(f"  {module:<12} log: {logs / log_name}")
+            _say(f"  {module:<12} log: {logs / log_name}")
             handle = open(logs / log_name, "ab")
             self.processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=handle,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
+            self.watchdog.watch_pid(self.processes[-1].pid)
             handle.close()
         s = self.settings
         wait_http(f"http://{s.consumer_host}:{s.consumer_port}/healthz", 60, self.processes[0])
@@ -115,12 +121,12 @@ class Stack:
         def _stop(signum, frame):
             stop["now"] = True
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _stop)
         while not stop["now"]:
             for proc in self.processes:
                 if proc.poll() is not None:
-                    print(f"{proc.args[-1]} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    _say(f"{proc.args[-1]} exited with {proc.returncode}; stopping", sys.stderr)
                     return proc.returncode or 1
             time.sleep(0.2)
         return 0
@@ -138,6 +144,16 @@ class Stack:
             self.kafka.stop()
         if self.postgres:
             self.postgres.stop()
+        self.watchdog.done()
+
+
+def _say(text: str, stream=None) -> None:
+    """Print, but never fail on a closed stdout (`bin/run | tee log` after tee died):
+    the launcher must go on to stop what it started."""
+    try:
+        print(text, file=stream or sys.stdout, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def _base_env() -> dict[str, str]:
@@ -152,11 +168,13 @@ def up(settings: Settings) -> int:
     try:
         stack.start_services()
         stack.start_processes()
-        print(stack.banner(), flush=True)
+        _say(stack.banner())
         code = stack.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
-        print("stopping ...", file=sys.stderr)
+        # Ctrl-C again while stopping must not cut the clean stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _say("stopping ...", sys.stderr)
         stack.stop()
     return code
