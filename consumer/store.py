@@ -242,12 +242,14 @@ def fold(events: Sequence[Event]) -> tuple[list, list, list, list, dict]:
         outcome = e.status == "success" or e.failed
         key = (e.trace_id, e.service)
         s = services.get(key)
+        # A service's (and a trace's) first time is its earliest event or Status API step
+        # start, so that a 1 s step shows 1 s, as the elapsed-time rollups count it.
         if s is None:
-            services[key] = [ts, ts, 1, ts, eid, e.status, e.failed, start,
+            services[key] = [start, ts, 1, ts, eid, e.status, e.failed, start,
                              ts if outcome else None, eid if outcome else None, e.failed if outcome else None]
         else:
-            if ts < s[0]:
-                s[0] = ts
+            if start < s[0]:
+                s[0] = start
             if ts > s[1]:
                 s[1] = ts
             s[2] += 1
@@ -260,12 +262,12 @@ def fold(events: Sequence[Event]) -> tuple[list, list, list, list, dict]:
         finished = e.trace_status == "FINISHED"
         t = traces.get(e.trace_id)
         if t is None:
-            traces[e.trace_id] = [ts, ts, 1, int(e.failed), finished, ts if finished else None,
+            traces[e.trace_id] = [start, ts, 1, int(e.failed), finished, ts if finished else None,
                                   eid if finished else None, e.failed if finished else None,
                                   *(getattr(e, a) for a in TRACE_ATTRIBUTES)]
         else:
-            if ts < t[0]:
-                t[0] = ts
+            if start < t[0]:
+                t[0] = start
             if ts > t[1]:
                 t[1] = ts
             t[2] += 1

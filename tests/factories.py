@@ -47,3 +47,14 @@ def pipeline_trace(trace_id: str, rng: random.Random, services: int = 4, fail: b
         docs.append(tracker_event(trace_id, "pipeline", "error" if fail else "success", at,
                                   trace_status="FINISHED"))
     return docs
+
+
+def with_status_step(docs: list[dict], rng: random.Random) -> list[dict]:
+    """The trace's docs plus a Status API step of its first service that ends up to 1.5 s
+    after the trace's first event: its start_time (1 s earlier) is often the earliest time
+    of both the service and the trace."""
+    first = docs[0]
+    at = datetime.fromisoformat(first["date"]) + timedelta(milliseconds=rng.randrange(0, 1500))
+    # The id from rng too: examples that share a database and a seed must make the same event.
+    return docs + [status_api(first["request_id"], first["service"], rng.random() < 0.8, at,
+                              trace_event_id=str(uuid.UUID(int=rng.getrandbits(128))))]

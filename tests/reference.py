@@ -13,6 +13,11 @@ def _latest(events: list[Event]) -> Event:
     return max(events, key=lambda e: (e.timestamp, e.event_id))
 
 
+def _start(e: Event):
+    """When an event says its step began: a Status API start_time before the event's time."""
+    return min(e.timestamp, e.start_time or e.timestamp)
+
+
 def expected_state(events: list[Event]) -> tuple[dict, dict]:
     """({trace_id: trace fields}, {(trace_id, service): service fields}) from unique events."""
     unique = {e.event_id: e for e in events}.values()
@@ -27,7 +32,7 @@ def expected_state(events: list[Event]) -> tuple[dict, dict]:
         for service, sevs in by_service.items():
             latest = _latest(sevs)
             services[(trace_id, service)] = {
-                "first_at": min(e.timestamp for e in sevs),
+                "first_at": min(_start(e) for e in sevs),
                 "last_at": max(e.timestamp for e in sevs),
                 "event_count": len(sevs),
                 "latest_status": latest.status,
@@ -41,7 +46,7 @@ def expected_state(events: list[Event]) -> tuple[dict, dict]:
         else:
             status = "in_progress"
         traces[trace_id] = {
-            "first_at": min(e.timestamp for e in evs),
+            "first_at": min(_start(e) for e in evs),
             "last_at": max(e.timestamp for e in evs),
             "event_count": len(evs),
             "error_count": sum(e.failed for e in evs),
@@ -90,7 +95,7 @@ def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
         by_service[(e.trace_id, e.service)].append(e)
         by_trace[e.trace_id].append(e)
     for (_, service), evs in by_service.items():
-        start = min(min(e.timestamp, e.start_time or e.timestamp) for e in evs)
+        start = min(_start(e) for e in evs)
         outcomes = sorted((e for e in evs if e.status == "success" or e.failed), key=lambda e: (e.timestamp, e.event_id))
         if outcomes:
             first = outcomes[0]
@@ -100,7 +105,7 @@ def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
         finished = [e for e in evs if e.trace_status == "FINISHED"]
         if finished:
             finish = _latest(finished)
-            first_at = min(e.timestamp for e in evs)
+            first_at = min(_start(e) for e in evs)
             elapsed[(_hour(finish.timestamp), "trace", "", finish.failed,
                      elapsed_bin((finish.timestamp - first_at).total_seconds()))] += 1
     return dict(counts), dict(elapsed)

@@ -9,7 +9,9 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consumer.store import prepare_connection, write_batch
-from tests.factories import BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event
+from tests.factories import (
+    BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event, with_status_step,
+)
 from tests.reference import expected_rollups, expected_state, stored_rollups, stored_state
 from tracker.events import Event, parse_message
 
@@ -54,6 +56,25 @@ async def test_both_formats_land_in_one_trace(db):
     assert traces["mixed"]["done"] and traces["mixed"]["status"] == "failed"
     assert set(s for _, s in services) == {"ingress", "copy", "publish"}
     assert await db.fetchval("SELECT errors FROM events WHERE service = 'publish'") == ["no space"]
+
+
+async def test_status_api_steps_count_from_their_start_time(db):
+    """Three 1 s steps back to back: each service took 1 s and the trace 3 s, in the trace
+    document as in the elapsed-time rollups (it showed 0 s per service and 2 s in total)."""
+    await prepare_connection(db)
+    steps = [status_api("steps", name, True, BASE + timedelta(seconds=i + 1)) for i, name in
+             enumerate(("fetch", "convert", "publish"))]
+    steps[-1]["trace_status"] = "FINISHED"
+    events = events_of(steps)
+    await write_batch(db, events)
+    for name in ("fetch", "convert", "publish"):
+        row = await db.fetchrow("SELECT first_at, last_at FROM trace_services WHERE trace_id = 'steps' "
+                                "AND service = $1", name)
+        assert row["last_at"] - row["first_at"] == timedelta(seconds=1), name
+    trace = await db.fetchrow("SELECT first_at, last_at, finish_at FROM traces WHERE trace_id = 'steps'")
+    assert trace["first_at"] == BASE and trace["finish_at"] - trace["first_at"] == timedelta(seconds=3)
+    assert await stored_state(db) == expected_state(events)
+    assert await stored_rollups(db) == expected_rollups(events)
 
 
 async def test_trace_status_rules(db):
@@ -103,8 +124,8 @@ async def test_trace_state_does_not_depend_on_arrival_order(db, seed, batch_size
     prefix = f"p{seed}-{len(batch_sizes)}-"
     docs = []
     for i in range(3):
-        docs += pipeline_trace(f"{prefix}{i}", rng, services=rng.randrange(1, 4), fail=rng.random() < 0.4,
-                               finish=rng.random() < 0.6)
+        docs += with_status_step(pipeline_trace(f"{prefix}{i}", rng, services=rng.randrange(1, 4),
+                                                fail=rng.random() < 0.4, finish=rng.random() < 0.6), rng)
     events = events_of(docs)
     shuffled = data.draw(st.permutations(events))
     # Redeliver a random few, as Kafka would after a crash before commit.
@@ -137,8 +158,8 @@ async def test_rollups_equal_a_from_scratch_computation_in_any_order(database_ur
         rng = random.Random(seed)
         docs = []
         for i in range(4):
-            docs += pipeline_trace(f"r{i}", rng, services=rng.randrange(1, 4), fail=rng.random() < 0.4,
-                                   finish=rng.random() < 0.7)
+            docs += with_status_step(pipeline_trace(f"r{i}", rng, services=rng.randrange(1, 4),
+                                                    fail=rng.random() < 0.4, finish=rng.random() < 0.7), rng)
         # Status API events carry their own start_time; a late "received" moves a service's start.
         docs.append(status_api("r0", "svc0", True, BASE + timedelta(hours=30)))
         events = events_of(docs)
