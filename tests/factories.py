@@ -55,6 +55,8 @@ def with_status_step(docs: list[dict], rng: random.Random) -> list[dict]:
     of both the service and the trace."""
     first = docs[0]
     at = datetime.fromisoformat(first["date"]) + timedelta(milliseconds=rng.randrange(0, 1500))
-    # The id from rng too: examples that share a database and a seed must make the same event.
+    # A deterministic id (examples that share a database and a seed make the same event),
+    # unique per trace (event ids are global: another trace's equal id is a duplicate).
+    event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{first['request_id']}/{rng.getrandbits(64)}")
     return docs + [status_api(first["request_id"], first["service"], rng.random() < 0.8, at,
-                              trace_event_id=str(uuid.UUID(int=rng.getrandbits(128))))]
+                              trace_event_id=str(event_id))]
