@@ -11,10 +11,15 @@
      first --per-message events (it is too slow to run on all of them).
 4. Latency: a consumer on a fresh topic and database (so that the bulk load's
    checkpoints and autovacuum are not what is measured), a 5 s warm-up, then
-   --rate events/s for --latency-seconds, polling PostgreSQL every few ms for
-   each event id: produce-to-queryable p50/p99.
+   --rate events/s (and --high-rate) for --latency-seconds, polling PostgreSQL
+   every few ms for each event id: produce-to-queryable p50/p99.
+5. Where the CPU goes during the consumer phase: CPU seconds per 1,000 events of
+   the consumer, of PostgreSQL (all its processes) and of the broker, from /proc.
+6. Scale-out: the first --scale-events events with 1, 2 and 3 consumer processes
+   on the same partitions, fresh database and group each, timed until all are stored.
 
-Usage: python -m bench.ingest [--events N] [--per-message K] [--rate 2000] [--latency-seconds 20]
+Usage: python -m bench.ingest [--events N] [--per-message K] [--rate 2000] [--high-rate 8000]
+                              [--latency-seconds 20] [--scale-events 300000]
 Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts local ones.
 """
 
@@ -169,6 +174,66 @@ async def latency(bootstrap: str, topic: str, database_url: str, rate: int, seco
     return [seen[k] - sent[k] for k in sent]
 
 
+def _cpu_ticks(pid: int, children: bool = False) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime + cstime: backends that have exited
+    return ticks
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of every PostgreSQL process and of the Kafka broker on this machine
+    (the benchmark's own: it runs alone). The postmaster's reaped children count too."""
+    out = {"postgres": 0, "broker": 0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"postgres") or b"/bin/postgres" in cmdline.split(b"\0")[0]:
+            parent = b"/bin/postgres" in cmdline.split(b"\0")[0]  # the postmaster; backends rename themselves
+            out["postgres"] += _cpu_ticks(int(entry.name), children=parent)
+        elif b"kafka.Kafka" in cmdline:
+            out["broker"] += _cpu_ticks(int(entry.name))
+    hz = os.sysconf("SC_CLK_TCK")
+    return {k: v / hz for k, v in out.items()}
+
+
+async def events_stored(conn) -> int:
+    return await conn.fetchval("SELECT count(*) FROM events")
+
+
+async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settings, n: int, processes: int,
+                    run: str) -> float:
+    """Events/s of ``processes`` consumers on the topic's first ``n`` events (a fresh group and database)."""
+    database_url = await fresh_database(admin_url, prefix=f"bench_scale{processes}")
+    procs = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        started = time.perf_counter()
+        for k in range(processes):
+            member = dataclasses.replace(settings, database_url=database_url, consumer_port=free_port(),
+                                         consumer_group=f"bench-scale{processes}-{run}")
+            procs.append(start_consumer(member, Path(f"/tmp/bench-ingest-scale{processes}-{k}-{run}.log")))
+        while await events_stored(conn) < n:
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a consumer exited during the scale-out phase")
+            await asyncio.sleep(0.25)
+        return n / (time.perf_counter() - started)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+        await conn.close()
+
+
 def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
@@ -194,7 +259,10 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
                                  consumer_port=free_port(), log_level="WARNING",
                                  batch_max_records=args.batch)
     log_path = Path(f"/tmp/bench-ingest-consumer-{run}.log")
+    cpu_before = cpu_seconds()
     consumer_s, proc = await time_consumer(settings, args.events, log_path)
+    cpu_after = cpu_seconds()
+    consumer_cpu = _cpu_ticks(proc.pid) / os.sysconf("SC_CLK_TCK")
     consumer_rate = args.events / consumer_s
     print(f"consumer: {consumer_rate:,.0f} events/s ({consumer_s:.1f} s from process start)", flush=True)
     rss = rss_peak_bytes(proc.pid)
@@ -216,6 +284,21 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     proc.terminate()
     proc.wait(30)
 
+    high_topic = f"bench.latency-high.{run}"
+    await ensure_topics(bootstrap, [high_topic, f"{high_topic}.dlq"], partitions=args.partitions)
+    high = dataclasses.replace(settings, topic=high_topic, dlq_topic=f"{high_topic}.dlq",
+                               consumer_group=f"bench-latency-high-{run}",
+                               database_url=await fresh_database(admin_url, prefix="bench_latency_high"))
+    proc = start_consumer(high, log_path)
+    await latency(bootstrap, high_topic, high.database_url, args.high_rate, 5)  # warm-up, not counted
+    high_latencies = await latency(bootstrap, high_topic, high.database_url, args.high_rate, args.latency_seconds)
+    rss = max(rss, rss_peak_bytes(proc.pid))
+    proc.terminate()
+    proc.wait(30)
+
+    scale_n = min(args.scale_events, args.events)
+    scale = {k: await scale_out(bootstrap, admin_url, topic, settings, scale_n, k, run) for k in (1, 2, 3)}
+
     copy_s = await ceiling_copy(admin_url, events)
     copy_rate = args.events / copy_s
     print(f"ceiling (one COPY): {copy_rate:,.0f} events/s", flush=True)
@@ -231,10 +314,22 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
           f"   consumer = {consumer_rate / copy_rate:.0%} of it")
     print(f"  ancestors: one INSERT per message:                                {one_rate:>10,.0f} events/s"
           f"   consumer = x{consumer_rate / one_rate:.1f}")
-    print(f"  consumer peak RSS: {rss / 2**20:.0f} MiB")
-    print(f"  produce-to-queryable at {args.rate:,} events/s for {args.latency_seconds:.0f} s "
-          f"({len(latencies):,} events): p50 {percentile(latencies, 50) * 1000:.0f} ms, "
-          f"p99 {percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
+    per_k = 1000 / args.events
+    print(f"  CPU seconds per 1,000 events during the consumer phase: consumer {consumer_cpu * per_k:.3f}, "
+          f"PostgreSQL {(cpu_after['postgres'] - cpu_before['postgres']) * per_k:.3f}, "
+          f"broker {(cpu_after['broker'] - cpu_before['broker']) * per_k:.3f} "
+          f"(2 cores = {2 * consumer_s * per_k:.3f} available)")
+    print(f"  consumer processes on {args.partitions} partitions ({scale_n:,} events): "
+          + ", ".join(f"{k}: {rate:,.0f} events/s" for k, rate in scale.items()))
+    print(f"  consumer peak RSS: {rss / 2**20:.0f} MiB   (target <= 150 MiB: {'met' if rss <= 150 * 2**20 else 'NOT met'})")
+    for rate, values, target in ((args.rate, latencies, 0.25), (args.high_rate, high_latencies, 1.0)):
+        p99 = percentile(values, 99)
+        print(f"  produce-to-queryable at {rate:,} events/s for {args.latency_seconds:.0f} s "
+              f"({len(values):,} events): p50 {percentile(values, 50) * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms, max {max(values) * 1000:.0f} ms   "
+              f"(target p99 <= {target * 1000:.0f} ms: {'met' if p99 <= target else 'NOT met'})")
+    print(f"  targets: consumer >= 40% of the ceiling: {'met' if consumer_rate >= 0.4 * copy_rate else 'NOT met'}; "
+          f">= x10 one INSERT per message: {'met' if consumer_rate >= 10 * one_rate else 'NOT met'}")
 
 
 def main() -> None:
@@ -244,7 +339,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--high-rate", type=int, default=8000)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--scale-events", type=int, default=300_000)
     args = parser.parse_args()
     # The local services are started outside the event loop (their readiness checks run their own).
     with services() as (bootstrap, admin_url):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
 
+import pytest
+
 from consumer.store import prepare_connection, write_batch
 from tests.factories import encode, payload_tracker
 from tracker.events import parse_message
@@ -17,6 +19,14 @@ TODAY = date(2026, 3, 10)
 
 def at(day: date, hour: int = 12) -> datetime:
     return datetime(day.year, day.month, day.day, hour, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+async def db(db):
+    """This module's tests start from no daily partition at all (the template has today's)."""
+    for name in await existing_partitions(db):
+        await db.execute(f"DROP TABLE {name}")  # names matched ^events_YYYYMMDD$
+    yield db
 
 
 async def write(db, docs):
@@ -30,8 +40,9 @@ async def test_partitions_are_created_ahead_and_late_events_are_moved_in(db):
     assert await db.fetchval("SELECT count(*) FROM events_default") == 1
     result = await run_maintenance(db, retention_days=14, days_ahead=3, today=TODAY)
     parts = await existing_partitions(db)
-    assert sorted(parts.values()) == [TODAY + timedelta(days=d) for d in range(-1, 4)]
-    assert len(result.created) == 5
+    # The whole retention window: a late event lands in its own day's partition.
+    assert sorted(parts.values()) == [TODAY + timedelta(days=d) for d in range(-14, 4)]
+    assert len(result.created) == 18
     # ... and is moved into its day's partition when that partition is created.
     assert await db.fetchval("SELECT count(*) FROM events_default") == 0
     assert await db.fetchval("SELECT count(*) FROM events_20260311") == 1
@@ -58,10 +69,25 @@ async def test_retention_drops_whole_partitions_and_expired_state(db):
     assert await db.fetchval("SELECT count(*) FROM rollup_counts") == 0
 
 
-async def test_tracker_retention_command_reports_what_it_did(database_url):
+async def test_tracker_retention_command_reports_what_it_did(db, database_url):
     out = subprocess.run([sys.executable, "-m", "tracker.cli", "retention"], capture_output=True, text=True,
                          env={"DATABASE_URL": database_url, "TRACKER_RETENTION_DAYS": "14", "PATH": "/usr/bin:/bin"},
                          timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["retention_days"] == 14 and len(report["partitions_created"]) == 5
+    assert report["retention_days"] == 14 and len(report["partitions_created"]) == 18
+
+
+async def test_late_events_beyond_the_precreated_days_get_their_own_partition(db):
+    await run_maintenance(db, retention_days=365, days_ahead=1, today=TODAY)
+    late = TODAY - timedelta(days=100)
+    await write(db, [payload_tracker("late", "svc", "received", at(late)),
+                     payload_tracker("later", "svc", "received", at(late, 13)),
+                     payload_tracker("expired", "svc", "received", at(TODAY - timedelta(days=400)))])
+    assert await db.fetchval("SELECT count(*) FROM events_default") == 3
+    result = await run_maintenance(db, retention_days=365, days_ahead=1, today=TODAY)
+    assert result.created == [f"events_{late:%Y%m%d}"]
+    assert await db.fetchval(f"SELECT count(*) FROM events_{late:%Y%m%d}") == 2
+    # Older than the retention window: no partition; retention deletes it from the default.
+    assert await db.fetchval("SELECT count(*) FROM events_default") == 0
+    assert await db.fetchval("SELECT count(*) FROM events") == 2

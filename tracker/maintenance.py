@@ -1,10 +1,12 @@
 """Partitions ahead of time, retention by dropping whole partitions.
 
 Run by the consumer at start and every hour, and by `tracker retention`.
-Daily partitions of `events` are created from yesterday to a few days ahead,
-so inserts never depend on luck; an event dated outside every partition (a
-late or far-future one) lands in events_default, and is moved into its day's
-partition if that partition is created later. Retention drops the partitions
+Daily partitions of `events` are created for the whole retention window (at
+most PRECREATE_DAYS back) and a few days ahead, so that a late event lands in
+its own day's partition, which retention later drops whole. An event dated
+outside every partition (older than that, or far in the future) lands in
+events_default; each run gives every day found there, within the retention
+window and up to the days ahead, its partition and moves the rows in. Retention drops the partitions
 older than the window and deletes the expired rows of events_default, traces
 and rollups. Identifiers (partition names) are built from dates only, never
 from input.
@@ -24,6 +26,9 @@ log = logging.getLogger("tracker.maintenance")
 _NAME = re.compile(r"^events_(\d{4})(\d{2})(\d{2})$")
 # Only one maintainer at a time (several consumers run this).
 _LOCK_KEY = 0x7472_6163_6B72_6D74
+# Empty partitions cost planning time; with a long retention, older days get theirs
+# only when an event for them arrives (the sweep of events_default below).
+PRECREATE_DAYS = 62
 
 
 @dataclass(frozen=True)
@@ -75,24 +80,37 @@ async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days
         existing = await existing_partitions(conn)
         oldest_kept = today - timedelta(days=retention_days)
         created = []
-        day = max(oldest_kept, today - timedelta(days=1))
-        while day <= today + timedelta(days=days_ahead):
+        last = today + timedelta(days=days_ahead)
+        day = max(oldest_kept, today - timedelta(days=PRECREATE_DAYS))
+        while day <= last:
             if partition_name(day) not in existing:
                 await create_partition(conn, day)
                 created.append(partition_name(day))
             day += timedelta(days=1)
+        # Late events older than the pre-created days (events_default holds only such rows).
+        for row in await conn.fetch(
+                "SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day FROM events_default "
+                "WHERE ts >= $1 AND ts < $2 ORDER BY 1",
+                _midnight(oldest_kept), _midnight(last + timedelta(days=1))):
+            if partition_name(row["day"]) not in existing and partition_name(row["day"]) not in created:
+                await create_partition(conn, row["day"])
+                created.append(partition_name(row["day"]))
         dropped = []
         for name, day in sorted(existing.items(), key=lambda kv: kv[1]):
             if day < oldest_kept:
                 await conn.execute(f"DROP TABLE {name}")  # name matched ^events_YYYYMMDD$
                 dropped.append(name)
-        cutoff = datetime(oldest_kept.year, oldest_kept.month, oldest_kept.day, tzinfo=timezone.utc)
+        cutoff = _midnight(oldest_kept)
         traces_deleted = await _expire_rows(conn, cutoff)
         if dropped or traces_deleted:
             log.info("retention %d days: dropped %s, deleted %d traces", retention_days, dropped, traces_deleted)
         return MaintenanceResult(created, dropped, traces_deleted)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
 async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:

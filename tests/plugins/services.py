@@ -18,6 +18,7 @@ import pytest
 from tracker.devservices.kafka import LocalKafka
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import LocalPostgres, create_database, drop_database
+from tracker.maintenance import run_maintenance
 from tracker.migrate import migrate
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
@@ -64,13 +65,25 @@ def kafka_bootstrap(local_kafka) -> str:
     return local_kafka.bootstrap_servers if local_kafka else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 
 
+# Test events are dated 2026-01-01 and on: nothing of them may expire.
+TEST_RETENTION_DAYS = 3650
+
+
 @pytest.fixture(scope="session")
 def template_database(postgres_admin_url) -> str:
     """A migrated database that every test's database is cloned from."""
     name = f"tracker_template_{uuid.uuid4().hex[:8]}"
 
     async def setup():
-        await migrate(await create_database(postgres_admin_url, name))
+        url = await create_database(postgres_admin_url, name)
+        await migrate(url)
+        # The partitions the consumer's maintenance would create at each start (the
+        # retention window of the settings fixture), made once here and cloned.
+        conn = await asyncpg.connect(url)
+        try:
+            await run_maintenance(conn, retention_days=TEST_RETENTION_DAYS)
+        finally:
+            await conn.close()
 
     asyncio.run(setup())
     yield name
@@ -128,6 +141,6 @@ def settings(kafka_bootstrap, database_url, topics, tmp_path) -> Settings:
         api_validate_responses=True,
         state_dir=str(tmp_path),
         log_level="DEBUG",
-        retention_days=3650,  # test events are dated 2026-01-01; nothing of them expires
+        retention_days=TEST_RETENTION_DAYS,
         session_timeout_ms=6000,  # the broker's minimum: crash tests rebalance sooner
     )
