@@ -8,6 +8,7 @@ module validates with them and maps names.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import uuid
@@ -27,6 +28,7 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "swagger" / "openapi.yaml"
 
 # Namespace of derived event ids: uuid5(namespace, canonical JSON of the message).
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d5a52-3c1e-4f0e-9a51-1d8e3b1f2c77")
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 MAX_DEPTH = 32
 ERROR_STATUSES = frozenset({"error", "failed", "failure"})
 FORMATS = ("tracker", "payload_tracker", "status_api")
@@ -289,9 +291,16 @@ def _normalise(doc: dict, fmt: str) -> Event:
 
 
 def derive_event_id(doc: dict) -> str:
-    """Same content -> same id, so a redelivered message is the same event."""
-    canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, canonical))
+    """Same content -> same id, so a redelivered message is the same event.
+
+    Exactly uuid.uuid5(EVENT_ID_NAMESPACE, canonical JSON) — ids already stored depend
+    on it — computed without the UUID object and the str/bytes round trip: a third of
+    the time, on the hot path of every message that carries no id of its own."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def rename_legacy(doc: dict) -> dict | Invalid:
