@@ -257,7 +257,7 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
                                  dlq_topic=f"{topic}.dlq", consumer_group=f"bench-{run}",
                                  consumer_port=free_port(), log_level="WARNING",
-                                 batch_max_records=args.batch)
+                                 **({"batch_max_records": args.batch} if args.batch else {}))
     log_path = Path(f"/tmp/bench-ingest-consumer-{run}.log")
     cpu_before = cpu_seconds()
     consumer_s, proc = await time_consumer(settings, args.events, log_path)
@@ -308,7 +308,8 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     print(f"one INSERT per message ({len(sample):,} events): {one_rate:,.0f} events/s", flush=True)
 
     print()
-    print(f"ingest of {args.events:,} events, {args.partitions} partitions, batches of {args.batch}")
+    print(f"ingest of {args.events:,} events, {args.partitions} partitions, batches of up to "
+          f"{settings.batch_max_records}, {settings.consumer_writers} writers")
     print(f"  consumer (validate + dead-letter + events + trace state, commit): {consumer_rate:>10,.0f} events/s")
     print(f"  ceiling: one COPY of the same rows, events table only:           {copy_rate:>10,.0f} events/s"
           f"   consumer = {consumer_rate / copy_rate:.0%} of it")
@@ -337,7 +338,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--per-message", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=None, help="TRACKER_BATCH_MAX_RECORDS (default: the setting's)")
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--high-rate", type=int, default=8000)
     parser.add_argument("--latency-seconds", type=float, default=20)

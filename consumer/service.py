@@ -50,8 +50,9 @@ async def run(settings: Settings) -> None:
 
     metrics = ConsumerMetrics(max_services=settings.metrics_max_services,
                               max_statuses=settings.metrics_max_statuses)
-    # One connection writes; the others serve maintenance and /readyz without waiting for it.
-    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=settings.consumer_db_pool_max)
+    # One connection per writer; at least one more serves maintenance and /readyz without waiting.
+    pool = await create_pool(settings, init=_init_connection, min_size=1,
+                             max_size=max(settings.consumer_db_pool_max, settings.consumer_writers + 1))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,

@@ -10,6 +10,7 @@ Three kinds of failure, three ways (the reason is at each place below):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -71,8 +72,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked):
-        # Wait for the batch in flight: it commits its own offsets before the partitions move.
-        async with self.sink.batch_lock:
+        # Wait for the batches in flight (every writer's): each commits its own offsets before
+        # the partitions move. The locks are taken in a fixed order.
+        async with contextlib.AsyncExitStack() as held:
+            for lock in self.sink.writer_locks:
+                await held.enter_async_context(lock)
             self.sink.forget(revoked)
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
@@ -91,7 +95,10 @@ class Sink:
         self.pool = pool
         self.metrics = metrics
         self.stop = stop
-        self.batch_lock = asyncio.Lock()
+        # One writer per group of partitions (partition % writers), each with its own
+        # connection and its own strictly ordered write-then-commit; see run().
+        self.writers = max(1, settings.consumer_writers)
+        self.writer_locks = [asyncio.Lock() for _ in range(self.writers)]
         self.committed: dict[TopicPartition, int] = {}
         self.last_poll = time.monotonic()
         self.paused = False  # waiting for PostgreSQL or Kafka to come back
@@ -116,35 +123,44 @@ class Sink:
         return _Rebalance(self)
 
     async def run(self) -> None:
-        """Consume until ``stop`` is set; the batch in flight is finished and committed first.
+        """Consume until ``stop`` is set; the batches in flight are finished and committed first.
 
-        Two batches overlap: while batch n is written to PostgreSQL (another
-        process, another core), batch n+1 is fetched and validated here. Writes
-        and commits stay strictly in order: n+1 is written only after n committed.
+        Each fetched batch is split by partition into ``writers`` groups (partition %
+        writers). A group's batches are written and committed strictly in order, one at a
+        time, on its own connection; the groups write concurrently, so PostgreSQL works on
+        one group's batch while another's is encoded, and this core validates the next
+        fetch meanwhile. A partition always falls in the same group, so its offsets are
+        committed in order. Concurrent transactions cannot deadlock: each takes its row
+        locks in one global order (events COPY'd sorted by event id, traces locked sorted
+        by trace id before any state row, rollup keys upserted sorted) — which also holds
+        when a trace id spans partitions (a producer that does not key by trace id).
         """
-        in_flight: asyncio.Task | None = None
+        in_flight: dict[int, asyncio.Task] = {}
         try:
             while not self.stop.is_set():
                 self.last_poll = time.monotonic()
                 batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
                                                     max_records=self.settings.batch_max_records)
                 if not batch:
-                    if in_flight is not None and in_flight.done():
-                        in_flight, done = None, in_flight
-                        await done  # surfaces its exception, if any
+                    for writer, task in list(in_flight.items()):
+                        if task.done():
+                            del in_flight[writer]
+                            await task  # surfaces its exception, if any
                     continue
-                parsed = await self.parse(batch)
-                if in_flight is not None:
-                    await in_flight
-                in_flight = asyncio.create_task(self.store(parsed))
-            if in_flight is not None:
-                await in_flight
+                for writer, parsed in (await self.parse(batch)).items():
+                    previous = in_flight.get(writer)
+                    if previous is not None:
+                        await previous
+                    in_flight[writer] = asyncio.create_task(self.store(parsed, writer))
+            for task in list(in_flight.values()):
+                await task
         except Stopping:
             log.info("stopping with a batch uncommitted; Kafka will redeliver it")
         finally:
-            if in_flight is not None and not in_flight.done():
-                # Only on an error path: its offsets are not committed, so Kafka redelivers it.
-                in_flight.cancel()
+            for task in in_flight.values():
+                if not task.done():
+                    # Only on an error path: its offsets are not committed, so Kafka redelivers it.
+                    task.cancel()
 
     async def report_lag(self, interval: float = 5.0) -> None:
         """Every few seconds: per partition, the high-water mark and what is not committed yet.
@@ -173,17 +189,22 @@ class Sink:
         self.committed[tp] = offset or 0
         return self.committed[tp]
 
-    async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> "ParsedBatch":
-        events: list[Event] = []
-        dead: list[tuple[ConsumerRecord, Invalid]] = []
+    async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[int, "ParsedBatch"]:
+        """Validate every record; the result split by writer (partition % writers)."""
+        out: dict[int, ParsedBatch] = {}
         max_bytes = self.settings.max_message_bytes
         n = 0
-        for records in batch.values():
+        for tp, records in batch.items():
+            part = out.get(tp.partition % self.writers)
+            if part is None:
+                part = out[tp.partition % self.writers] = ParsedBatch({}, [], [])
+            part.records[tp] = records
+            events, dead = part.events, part.dead
             for record in records:
                 n += 1
                 if n % 250 == 0:
-                    # Let the write in flight send its next statement: PostgreSQL works on
-                    # batch n while this core validates batch n+1, instead of waiting for it.
+                    # Let the writes in flight send their next statement: PostgreSQL works on
+                    # them while this core validates the next batch, instead of waiting.
                     await asyncio.sleep(0)
                 parsed = parse_message(record.value, max_bytes=max_bytes)
                 if isinstance(parsed, Invalid):
@@ -192,10 +213,10 @@ class Sink:
                     dead.append((record, parsed))
                 else:
                     events.append(parsed)
-        return ParsedBatch(batch, events, dead)
+        return out
 
-    async def store(self, parsed: "ParsedBatch") -> None:
-        async with self.batch_lock:  # a revocation waits for this batch to commit
+    async def store(self, parsed: "ParsedBatch", writer: int = 0) -> None:
+        async with self.writer_locks[writer]:  # a revocation waits for this batch to commit
             await self._store(parsed)
 
     async def _store(self, parsed: "ParsedBatch") -> None:

@@ -24,7 +24,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "consumer_instance_id": ("TRACKER_CONSUMER_INSTANCE_ID", None),
     "topic_partitions": ("TRACKER_TOPIC_PARTITIONS", "6"),
     "session_timeout_ms": ("TRACKER_KAFKA_SESSION_TIMEOUT_MS", "10000"),
-    "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "2000"),
+    "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "8000"),
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
@@ -40,6 +40,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
     "db_pool_max": ("TRACKER_DB_POOL_MAX", "10"),
     "consumer_db_pool_max": ("TRACKER_CONSUMER_DB_POOL_MAX", "3"),
+    "consumer_writers": ("TRACKER_CONSUMER_WRITERS", "2"),
     "metrics_max_services": ("TRACKER_METRICS_MAX_SERVICES", "50"),
     "metrics_max_statuses": ("TRACKER_METRICS_MAX_STATUSES", "20"),
     "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
@@ -92,6 +93,7 @@ class Settings:
     db_pool_min: int
     db_pool_max: int
     consumer_db_pool_max: int
+    consumer_writers: int
     metrics_max_services: int
     metrics_max_statuses: int
     log_level: str
