@@ -173,3 +173,19 @@ async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_val
             "too_deep", "not_object", "nul_character"} <= reasons
     await assert_exactly_once(db, events)
     assert consumer.alive
+
+
+async def test_two_writers_store_traces_that_span_partitions_exactly_once(settings, launch, db, kafka_bootstrap):
+    """A producer that does not key by trace id: one trace's events land on every partition,
+    so both writers of one consumer update the same traces and rollup rows concurrently.
+    Their lock order (events by id, traces by id, rollup keys sorted) must leave no lost
+    update and no deadlock that stalls them."""
+    messages = [(None, value) for _, value in workload(traces=1500, seed=29, prefix="spread")]
+    events = valid_events(messages)
+    settings = dataclasses.replace(settings, consumer_writers=2, batch_max_records=300, log_level="INFO")
+    consumer = await launch.consumer(settings)
+    await produce(kafka_bootstrap, settings.topic, messages)
+    await wait_stored(db, len({e.event_id for e in events}), process=consumer)
+    await asyncio.sleep(1)
+    await assert_exactly_once(db, events)
+    assert "deadlock" not in consumer.log().lower()
