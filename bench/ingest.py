@@ -234,6 +234,26 @@ async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settin
         await conn.close()
 
 
+async def steady_latency(bootstrap: str, admin_url: str, settings: Settings, args, run: str, name: str,
+                         rate: int) -> tuple[list[float], int]:
+    """Produce-to-queryable at ``rate``, measured apart from the bulk load (whose checkpoints and
+    autovacuum would otherwise be what is measured): a fresh topic, database and consumer, a 5 s
+    warm-up not counted. Returns the latencies and the consumer's peak RSS."""
+    topic = f"bench.latency{name}.{run}"
+    await ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=args.partitions)
+    steady = dataclasses.replace(settings, topic=topic, dlq_topic=f"{topic}.dlq",
+                                 consumer_group=f"bench-latency{name}-{run}",
+                                 database_url=await fresh_database(admin_url, prefix=f"bench_latency{name.replace('-', '_')}"))
+    proc = start_consumer(steady, Path(f"/tmp/bench-ingest-latency{name}-{run}.log"))
+    try:
+        await latency(bootstrap, topic, steady.database_url, rate, 5)
+        latencies = await latency(bootstrap, topic, steady.database_url, rate, args.latency_seconds)
+        return latencies, rss_peak_bytes(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
@@ -270,31 +290,9 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     proc.terminate()
     proc.wait(30)
 
-    # Steady state, measured apart from the bulk load (whose checkpoints and autovacuum
-    # would otherwise be what is measured): a fresh topic, database and consumer.
-    steady_topic = f"bench.latency.{run}"
-    await ensure_topics(bootstrap, [steady_topic, f"{steady_topic}.dlq"], partitions=args.partitions)
-    steady = dataclasses.replace(settings, topic=steady_topic, dlq_topic=f"{steady_topic}.dlq",
-                                 consumer_group=f"bench-latency-{run}",
-                                 database_url=await fresh_database(admin_url, prefix="bench_latency"))
-    proc = start_consumer(steady, log_path)
-    await latency(bootstrap, steady_topic, steady.database_url, args.rate, 5)  # warm-up, not counted
-    latencies = await latency(bootstrap, steady_topic, steady.database_url, args.rate, args.latency_seconds)
-    rss = max(rss, rss_peak_bytes(proc.pid))
-    proc.terminate()
-    proc.wait(30)
-
-    high_topic = f"bench.latency-high.{run}"
-    await ensure_topics(bootstrap, [high_topic, f"{high_topic}.dlq"], partitions=args.partitions)
-    high = dataclasses.replace(settings, topic=high_topic, dlq_topic=f"{high_topic}.dlq",
-                               consumer_group=f"bench-latency-high-{run}",
-                               database_url=await fresh_database(admin_url, prefix="bench_latency_high"))
-    proc = start_consumer(high, log_path)
-    await latency(bootstrap, high_topic, high.database_url, args.high_rate, 5)  # warm-up, not counted
-    high_latencies = await latency(bootstrap, high_topic, high.database_url, args.high_rate, args.latency_seconds)
-    rss = max(rss, rss_peak_bytes(proc.pid))
-    proc.terminate()
-    proc.wait(30)
+    latencies, steady_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "", args.rate)
+    high_latencies, high_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "-high", args.high_rate)
+    rss = max(rss, steady_rss, high_rss)
 
     scale_n = min(args.scale_events, args.events)
     scale = {k: await scale_out(bootstrap, admin_url, topic, settings, scale_n, k, run) for k in (1, 2, 3)}

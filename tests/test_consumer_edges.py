@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 
 import aiohttp
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -142,7 +141,7 @@ async def test_a_flood_of_invalid_messages_stops_the_consumer_when_a_ratio_is_se
 async def test_partitions_handed_to_another_consumer_leave_the_first_ones_metrics(
         settings, launch, kafka_bootstrap):
     await produce(kafka_bootstrap, settings.topic, good_messages("spread", 60))
-    first = await launch.consumer(settings, name="first")
+    await launch.consumer(settings, name="first")
 
     async def wait_for(port: int, check, what: str, timeout: float = 40) -> dict:
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@ prints a command that sends a first event, and that event shows up in the API.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -146,53 +147,45 @@ def _run_command_up(env: dict[str, str]) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_ctrl_c_after_its_stdout_pipe_closed_leaves_nothing_it_started_running():
-    # `bin/run | tee run.log`, then Ctrl-C: tee is gone first, so every later write fails.
+@contextlib.contextmanager
+def _up_from_nothing():
+    """README's run command from nothing, up to its banner: (process, every pid it started,
+    its API and consumer ports). Whatever the test leaves running is killed afterwards."""
     state = Path(tempfile.mkdtemp(prefix="tracker-up-"))
     state.chmod(0o755)
     env, api_port, consumer_port = _fresh_env(state)
     up = _run_command_up(env)
-    lines: list[str] = []
     started: set[int] = set()
     try:
-        _wait_for_banner(up, lines)
-        started = _started_by(up, state)
+        _wait_for_banner(up, [])
+        started |= _started_by(up, state)
         assert len(started) >= 4, started  # Kafka, PostgreSQL, consumer, API (and the watchdog)
+        yield up, started, (api_port, consumer_port)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        up.wait()
+        _kill_leftovers(started)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_ctrl_c_after_its_stdout_pipe_closed_leaves_nothing_it_started_running():
+    # `bin/run | tee run.log`, then Ctrl-C: tee is gone first, so every later write fails.
+    with _up_from_nothing() as (up, started, ports):
         up.stdout.close()
         os.killpg(up.pid, signal.SIGINT)
         left = _survivors(started | {up.pid}, within=30)
         assert not left, f"still running 30 s after Ctrl-C: {left}"
-        assert not _listening(api_port) and not _listening(consumer_port)
-    finally:
-        if up.poll() is None:
-            up.kill()
-        up.wait()
-        _kill_leftovers(started)
-        shutil.rmtree(state, ignore_errors=True)
+        assert not any(_listening(port) for port in ports)
 
 
 def test_a_killed_launcher_leaves_nothing_it_started_running():
-    state = Path(tempfile.mkdtemp(prefix="tracker-up-"))
-    state.chmod(0o755)
-    env, api_port, consumer_port = _fresh_env(state)
-    up = _run_command_up(env)
-    lines: list[str] = []
-    started: set[int] = set()
-    try:
-        _wait_for_banner(up, lines)
-        started = _started_by(up, state)
-        assert len(started) >= 4, started
+    with _up_from_nothing() as (up, started, ports):
         up.kill()  # SIGKILL: no handler, no finally, nothing of ours runs
         up.wait()
         left = _survivors(started, within=30)
         assert not left, f"still running 30 s after the launcher was killed: {left}"
-        assert not _listening(api_port) and not _listening(consumer_port)
-    finally:
-        if up.poll() is None:
-            up.kill()
-        up.wait()
-        _kill_leftovers(started)
-        shutil.rmtree(state, ignore_errors=True)
+        assert not any(_listening(port) for port in ports)
 
 
 def test_a_user_without_root_is_told_the_one_command_that_installs_what_is_missing(tmp_path):
