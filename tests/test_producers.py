@@ -237,6 +237,11 @@ async def test_http_ingestion_end_to_end(stack):
         state = await wait_for_trace(stack.api_url, created["trace_id"], 1)
         assert state["services"][0]["service"] == "uploader" and not state["done"]
 
+        # Legacy Status API names are accepted over HTTP as on Kafka (the schema shows the modern ones).
+        legacy = {"id": "http-legacy", "handler": "copy", "status": "OK",
+                  "date_end": datetime.now(timezone.utc).isoformat()}
+        async with session.post("/v1/events", json=legacy) as response:
+            assert response.status == 202, await response.text()
         async with session.post("/v1/traces", json={"nope": 1}) as response:
             assert response.status == 400
         async with session.post("/v1/traces", json={"service": "two\nlines"}) as response:

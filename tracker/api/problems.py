@@ -49,7 +49,8 @@ class BodyValidator(connexion_validators.JSONRequestBodyValidator):
     def _validate(self, body):
         if not self._nullable and body is None:
             raise BadRequestProblem(detail="the request body must not be empty")
-        if isinstance(body, dict) and detect_format(body) == "status_api":
+        events_body = "oneOf" in self._schema  # IncomingEvent (POST /v1/events), resolved by Connexion
+        if events_body and isinstance(body, dict) and detect_format(body) == "status_api":
             # Legacy Status API names are accepted over HTTP as on Kafka (the schema shows the
             # modern ones); the consumer's parser, which the handler runs next, renames them.
             body = rename_legacy(body)
@@ -57,7 +58,7 @@ class BodyValidator(connexion_validators.JSONRequestBodyValidator):
                 raise BadRequestProblem(detail=f"invalid event ({body.reason}): {body.detail}")
         errors = sorted(self._validator.iter_errors(body), key=lambda e: (list(e.path), e.validator))
         prefix = ""
-        if errors and isinstance(body, dict) and errors[0].validator == "oneOf" and not errors[0].path:
+        if errors and events_body and isinstance(body, dict) and errors[0].validator == "oneOf" and not errors[0].path:
             # "not valid under any of the given schemas" helps nobody: name the format the
             # consumer would read it as, and list what that format misses.
             name = EVENT_SCHEMAS[detect_format(body)]
