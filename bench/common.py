@@ -52,15 +52,20 @@ async def fresh_database(admin_url: str, prefix: str = "bench") -> str:
 
 def dataset(n: int, seed: int = 1, events_per_trace: int = 10) -> list[tuple[bytes, bytes]]:
     """(key, value) messages: ~10 events per trace, 20 services, bodies of a few hundred bytes,
-    half Payload Tracker messages and half Status API events."""
+    half Payload Tracker messages and half Status API events, spread over the last 13 days.
+
+    Dated from today, not a fixed day: the data must stay inside the default retention (14
+    days), where daily partitions exist, or it all lands in events_default and the benchmark
+    measures a table no deployment would write to."""
     rng = random.Random(seed)
-    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today - timedelta(days=13)
     out: list[tuple[bytes, bytes]] = []
     trace_no = 0
     while len(out) < n:
         trace_no += 1
         trace_id = f"{uuid.UUID(int=rng.getrandbits(128))}"
-        at = start + timedelta(seconds=rng.randrange(14 * 86400))
+        at = start + timedelta(seconds=rng.randrange(13 * 86400))
         services = rng.sample(SERVICES, events_per_trace // 2)
         status_api = trace_no % 2 == 0
         for i, service in enumerate(services):

@@ -126,41 +126,55 @@ class Sink:
         """Consume until ``stop`` is set; the batches in flight are finished and committed first.
 
         Each fetched batch is split by partition into ``writers`` groups (partition %
-        writers). A group's batches are written and committed strictly in order, one at a
-        time, on its own connection; the groups write concurrently, so PostgreSQL works on
-        one group's batch while another's is encoded, and this core validates the next
-        fetch meanwhile. A partition always falls in the same group, so its offsets are
-        committed in order. Concurrent transactions cannot deadlock: each takes its row
-        locks in one global order (events COPY'd sorted by event id, traces locked sorted
-        by trace id before any state row, rollup keys upserted sorted) — which also holds
-        when a trace id spans partitions (a producer that does not key by trace id).
+        writers) and handed to that group's writer through a queue of one: a writer's
+        batches are written and committed strictly in order, one at a time, on its own
+        connection, while the writers write concurrently and this loop fetches and validates
+        the next batch meanwhile — so PostgreSQL works on one batch while this core encodes
+        another and validates a third. A partition always falls in the same group, so its
+        offsets are committed in order. Concurrent transactions cannot deadlock: each takes
+        its row locks in one global order (consumer/store.py) — which also holds when a trace
+        id spans partitions (a producer that does not key by trace id).
         """
-        in_flight: dict[int, asyncio.Task] = {}
+        queues: list[asyncio.Queue] = [asyncio.Queue(maxsize=1) for _ in range(self.writers)]
+        writers = [asyncio.create_task(self._writer(queue, w)) for w, queue in enumerate(queues)]
         try:
             while not self.stop.is_set():
                 self.last_poll = time.monotonic()
                 batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
                                                     max_records=self.settings.batch_max_records)
+                for task in writers:
+                    if task.done():
+                        await task  # a writer stopped early: surface its exception
+                        raise RuntimeError("a writer ended before the consumer stopped")
                 if not batch:
-                    for writer, task in list(in_flight.items()):
-                        if task.done():
-                            del in_flight[writer]
-                            await task  # surfaces its exception, if any
                     continue
                 for writer, parsed in (await self.parse(batch)).items():
-                    previous = in_flight.get(writer)
-                    if previous is not None:
-                        await previous
-                    in_flight[writer] = asyncio.create_task(self.store(parsed, writer))
-            for task in list(in_flight.values()):
+                    await self._hand_over(queues[writer], parsed, writers[writer])
+            for queue, task in zip(queues, writers):
+                await self._hand_over(queue, None, task)
+            for task in writers:
                 await task
         except Stopping:
             log.info("stopping with a batch uncommitted; Kafka will redeliver it")
         finally:
-            for task in in_flight.values():
+            for task in writers:
                 if not task.done():
                     # Only on an error path: its offsets are not committed, so Kafka redelivers it.
                     task.cancel()
+
+    @staticmethod
+    async def _hand_over(queue: asyncio.Queue, item: "ParsedBatch | None", writer: asyncio.Task) -> None:
+        """Queue ``item`` for ``writer``, or raise what the writer failed with while we waited."""
+        put = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait((put, writer), return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            await writer
+            raise RuntimeError("a writer ended before the consumer stopped")
+
+    async def _writer(self, queue: asyncio.Queue, writer: int) -> None:
+        while (parsed := await queue.get()) is not None:
+            await self.store(parsed, writer)
 
     async def report_lag(self, interval: float = 5.0) -> None:
         """Every few seconds: per partition, the high-water mark and what is not committed yet.

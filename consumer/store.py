@@ -3,23 +3,39 @@
 Idempotent by event key (event_id, ts): only rows actually inserted feed the
 state, so a redelivered batch changes nothing.
 
-Order independent: the batch is folded in Python into one row per trace, per
-(trace, service) and per rollup key, and every merge in SQL (least, greatest,
-sum, latest by (ts, event_id)) is commutative, so the state does not depend on
-the order in which events arrive. Only rows really inserted are folded.
+Order independent: every merge (least, greatest, sum, latest by (ts, event_id))
+is commutative, so the state does not depend on the order in which events arrive.
 
-Costs, measured with bench/ingest (README): events go in by COPY straight into
-the partitioned table; only when a key is already there (rare: a producer that
-sent an event twice) does the batch take the exact path through a staging
-table and ON CONFLICT. The fold sends PostgreSQL ~0.6 rows per event instead
-of making it sort and aggregate what Python already holds.
+Where the work is done (bench/ingest measures it; README, "How it works"):
+1. events go in by one binary COPY straight into the partitioned table; only when
+   a key is already there (a producer that sent an event twice) does the batch take
+   the exact path through a staging table and ON CONFLICT;
+2. the batch is folded in Python into one row per trace and per (trace, service);
+3. the state rows those keys already have are read and locked (``SELECT ... FOR
+   UPDATE``, in key order), merged with the fold in Python, and written back as
+   final values: new rows by COPY, existing ones by one UPDATE each, no CASE
+   expressions for PostgreSQL to evaluate. The elapsed-time histogram changes
+   follow from the old and new rows, also in Python;
+4. the rollups are commutative counters: upserts that add, keys sorted.
+PostgreSQL then only stores rows; everything it used to compute per row (the
+merge rules, the status, the histogram bins) is done once here.
+
+Concurrency: writers take their locks in one global order (events sorted by key;
+existing traces, then existing trace services, by key; new rows inserted sorted by
+key; rollup keys sorted), and a wait is only ever for the resource being taken, so
+no cycle can form. A trace that another writer creates between our read and our
+insert (a producer that does not key by trace id) fails our COPY with a unique
+violation; the state step, inside a savepoint, is then done again, and finds the
+row to lock.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, localcontext
 
 import asyncpg
 
@@ -44,159 +60,76 @@ INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events
 ON CONFLICT (event_id, ts) DO NOTHING RETURNING event_id, ts
 """
 
-# Lock the state rows this batch touches, in key order (the ids come sorted; no
-# deadlocks between writers), each by a primary-key probe whatever the statistics. The state statement after it then reads their current values as
-# "before" and computes exact histogram corrections from them.
-LOCK_STATE = """
-WITH k AS (SELECT trace_id FROM unnest($1::text[]) WITH ORDINALITY AS k(trace_id, n) ORDER BY n),
-     t AS (SELECT x.trace_id FROM k CROSS JOIN LATERAL (
-               SELECT trace_id FROM traces WHERE trace_id = k.trace_id FOR UPDATE) x),
-     s AS (SELECT x.trace_id FROM k CROSS JOIN LATERAL (
-               SELECT trace_id FROM trace_services WHERE trace_id = k.trace_id ORDER BY service FOR UPDATE) x)
-SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM s)
+# The state columns, in the order of the rows built below.
+SERVICE_COLUMNS = ("trace_id", "service", "first_at", "last_at", "event_count", "latest_at", "latest_event_id",
+                   "latest_status", "latest_failed", "start_at", "outcome_at", "outcome_event_id", "outcome_failed")
+TRACE_COLUMNS = ("trace_id", "first_at", "last_at", "active_hour", "event_count", "error_count", "done",
+                 "finish_at", "finish_event_id", "finish_failed", "failed_services", "status", *TRACE_ATTRIBUTES)
+
+# Read and lock the rows of the traces in the batch, in key order (the ids come sorted),
+# each by a primary-key probe whatever the statistics.
+LOCK_TRACES = f"""
+SELECT x.* FROM unnest($1::text[]) WITH ORDINALITY AS k(trace_id, n) CROSS JOIN LATERAL (
+    SELECT {", ".join(TRACE_COLUMNS)} FROM traces t WHERE t.trace_id = k.trace_id FOR UPDATE) x
+ORDER BY k.n
+"""
+LOCK_SERVICES = f"""
+SELECT x.* FROM unnest($1::text[]) WITH ORDINALITY AS k(trace_id, n) CROSS JOIN LATERAL (
+    SELECT {", ".join(SERVICE_COLUMNS)} FROM trace_services s WHERE s.trace_id = k.trace_id
+    ORDER BY s.service FOR UPDATE) x
+ORDER BY k.n
 """
 
-# Ties on time are broken by event id in byte order, as Python compares them in the fold.
-_C = 'COLLATE "C"'
+
+def _update(table: str, columns: Sequence[str], types: Sequence[str], key: Sequence[str], extra: str = "") -> str:
+    """UPDATE ``table`` to the given final values, one row per element of the arrays."""
+    args = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    sets = ", ".join(f"{c} = u.{c}" for c in columns if c not in key)
+    join = " AND ".join(f"x.{k} = u.{k}" for k in key)
+    return (f"UPDATE {table} x SET {sets}{extra} FROM unnest({args}) AS u({', '.join(columns)}) WHERE {join}")
 
 
-def _newer(new: str, old: str, at: str, event_id: str, *, first: bool = False) -> str:
-    """SQL: is (new.at, new.id) later (earliest when ``first``) than (old.at, old.id)? Old may be NULL."""
-    op = "<" if first else ">"
-    return (f"{new}.{at} IS NOT NULL AND ({old}.{at} IS NULL OR ({new}.{at}, {new}.{event_id} {_C}) "
-            f"{op} ({old}.{at}, {old}.{event_id} {_C}))")
+UPDATE_SERVICES = _update(
+    "trace_services", SERVICE_COLUMNS,
+    ("text", "text", "timestamptz", "timestamptz", "bigint", "timestamptz", "text", "text", "boolean",
+     "timestamptz", "timestamptz", "text", "boolean"), ("trace_id", "service"))
+UPDATE_TRACES = _update(
+    "traces", TRACE_COLUMNS,
+    ("text", "timestamptz", "timestamptz", "timestamptz", "bigint", "bigint", "boolean", "timestamptz", "text",
+     "boolean", "integer", "text", *("text",) * len(TRACE_ATTRIBUTES)), ("trace_id",), ", updated_at = now()")
 
-
-def _pick(cond: str, new: str, old: str, columns: Sequence[str]) -> str:
-    return ",\n        ".join(f"{c} = CASE WHEN {cond} THEN {new}.{c} ELSE {old}.{c} END" for c in columns)
-
-
-_SERVICE_LATEST = _newer("EXCLUDED", "s", "latest_at", "latest_event_id")
-_SERVICE_OUTCOME = _newer("EXCLUDED", "s", "outcome_at", "outcome_event_id", first=True)
-_TRACE_FINISH = _newer("EXCLUDED", "t", "finish_at", "finish_event_id")
-_FINISH_FAILED = f"CASE WHEN {_TRACE_FINISH} THEN EXCLUDED.finish_failed ELSE t.finish_failed END"
-
-# One statement for the state: the inputs are the batch folded by Python (one
-# row per key); "before" values are read in the same snapshot, after LOCK_STATE.
-UPSERT_STATE = f"""
-WITH ps AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                         $6::timestamptz[], $7::text[], $8::text[], $9::boolean[], $10::timestamptz[],
-                         $11::timestamptz[], $12::text[], $13::boolean[])
-        AS p(trace_id, service, first_at, last_at, n, latest_at, latest_event_id, latest_status, latest_failed,
-             start_at, outcome_at, outcome_event_id, outcome_failed)
-),
--- LATERAL ... LIMIT 1: one primary-key probe per input row. As a join, the planner hashes
--- the whole table (a sequential scan per batch, growing with the data).
-old_services AS (
-    SELECT o.* FROM ps CROSS JOIN LATERAL (
-        SELECT s.trace_id, s.service, s.start_at, s.outcome_at, s.outcome_failed, s.latest_failed
-        FROM trace_services s WHERE s.trace_id = ps.trace_id AND s.service = ps.service LIMIT 1) o
-),
-services AS (
-    INSERT INTO trace_services AS s (trace_id, service, first_at, last_at, event_count, latest_at,
-                                     latest_event_id, latest_status, latest_failed, start_at, outcome_at,
-                                     outcome_event_id, outcome_failed)
-    SELECT * FROM ps
-    ON CONFLICT (trace_id, service) DO UPDATE SET
-        first_at = LEAST(s.first_at, EXCLUDED.first_at),
-        last_at = GREATEST(s.last_at, EXCLUDED.last_at),
-        event_count = s.event_count + EXCLUDED.event_count,
-        {_pick(_SERVICE_LATEST, "EXCLUDED", "s", ("latest_at", "latest_event_id", "latest_status", "latest_failed"))},
-        start_at = LEAST(s.start_at, EXCLUDED.start_at),
-        {_pick(_SERVICE_OUTCOME, "EXCLUDED", "s", ("outcome_at", "outcome_event_id", "outcome_failed"))}
-    RETURNING trace_id, service, start_at, outcome_at, outcome_failed, latest_failed
-),
--- Services whose latest event turned failed (+1) or stopped being failed (-1), per trace.
-failed_delta AS (
-    SELECT s.trace_id, sum(s.latest_failed::int - coalesce(o.latest_failed, false)::int)::int AS d
-    FROM services s LEFT JOIN old_services o USING (trace_id, service) GROUP BY s.trace_id
-),
-pt AS (
-    SELECT * FROM unnest($14::text[], $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::bigint[],
-                         $19::boolean[], $20::timestamptz[], $21::text[], $22::boolean[], $23::text[], $24::text[],
-                         $25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
-        AS t(trace_id, first_at, last_at, n, n_failed, done, finish_at, finish_event_id, finish_failed,
-             account, org_id, inventory_id, system_id, source, domain, domain_id)
-),
-old_traces AS (
-    SELECT o.* FROM pt CROSS JOIN LATERAL (
-        SELECT t.trace_id, t.first_at, t.finish_at, t.finish_failed FROM traces t
-        WHERE t.trace_id = pt.trace_id LIMIT 1) o
-),
-traces_upserted AS (
-    INSERT INTO traces AS t (trace_id, first_at, last_at, active_hour, event_count, error_count, done,
-                             finish_at, finish_event_id, finish_failed, failed_services, status,
-                             {", ".join(TRACE_ATTRIBUTES)})
-    SELECT pt.trace_id, pt.first_at, pt.last_at, date_trunc('hour', pt.last_at, 'UTC'), pt.n, pt.n_failed, pt.done,
-           pt.finish_at, pt.finish_event_id, pt.finish_failed, coalesce(fd.d, 0),
-           CASE WHEN pt.done THEN CASE WHEN pt.finish_failed THEN 'failed' ELSE 'success' END
-                WHEN coalesce(fd.d, 0) > 0 THEN 'failed' ELSE 'in_progress' END,
-           {", ".join(f"pt.{a}" for a in TRACE_ATTRIBUTES)}
-    FROM pt LEFT JOIN failed_delta fd USING (trace_id)
-    ON CONFLICT (trace_id) DO UPDATE SET
-        first_at = LEAST(t.first_at, EXCLUDED.first_at),
-        last_at = GREATEST(t.last_at, EXCLUDED.last_at),
-        active_hour = GREATEST(t.active_hour, EXCLUDED.active_hour),
-        event_count = t.event_count + EXCLUDED.event_count,
-        error_count = t.error_count + EXCLUDED.error_count,
-        done = t.done OR EXCLUDED.done,
-        {_pick(_TRACE_FINISH, "EXCLUDED", "t", ("finish_at", "finish_event_id", "finish_failed"))},
-        failed_services = t.failed_services + EXCLUDED.failed_services,
-        -- The overall status from the merged row: the finishing event decides; before it, any
-        -- service whose latest event failed.
-        status = CASE WHEN t.done OR EXCLUDED.done
-                      THEN CASE WHEN {_FINISH_FAILED} THEN 'failed' ELSE 'success' END
-                      WHEN t.failed_services + EXCLUDED.failed_services > 0 THEN 'failed'
-                      ELSE 'in_progress' END,
-        updated_at = now(),
-        -- LEAST ignores NULLs: the smallest value ever seen, whatever the order.
-        {", ".join(f"{a} = LEAST(t.{a} {_C}, EXCLUDED.{a})" for a in TRACE_ATTRIBUTES)}
-    RETURNING trace_id, first_at, finish_at, finish_failed
-),
-counts AS (
-    INSERT INTO rollup_counts AS r (bucket, service, status, events)
-    SELECT * FROM unnest($30::timestamptz[], $31::text[], $32::text[], $33::bigint[])
-    ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
-),
-counts_hour AS (
-    INSERT INTO rollup_counts_hour AS r (bucket, service, status, events)
-    SELECT * FROM unnest($34::timestamptz[], $35::text[], $36::text[], $37::bigint[])
-    ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
-),
-elapsed_changes AS (
-    SELECT o.outcome_at AS at, 'service' AS kind, o.service, o.outcome_failed AS failed,
-           o.outcome_at - o.start_at AS elapsed, -1 AS n
-    FROM old_services o JOIN services s USING (trace_id, service)
-    WHERE o.outcome_at IS NOT NULL
-      AND (o.start_at, o.outcome_at, o.outcome_failed) IS DISTINCT FROM (s.start_at, s.outcome_at, s.outcome_failed)
-    UNION ALL
-    SELECT s.outcome_at, 'service', s.service, s.outcome_failed, s.outcome_at - s.start_at, 1
-    FROM services s LEFT JOIN old_services o USING (trace_id, service)
-    WHERE s.outcome_at IS NOT NULL
-      AND (o.trace_id IS NULL
-           OR (o.start_at, o.outcome_at, o.outcome_failed) IS DISTINCT FROM (s.start_at, s.outcome_at, s.outcome_failed))
-    UNION ALL
-    SELECT o.finish_at, 'trace', '', o.finish_failed, o.finish_at - o.first_at, -1
-    FROM old_traces o JOIN traces_upserted t USING (trace_id)
-    WHERE o.finish_at IS NOT NULL
-      AND (o.first_at, o.finish_at, o.finish_failed) IS DISTINCT FROM (t.first_at, t.finish_at, t.finish_failed)
-    UNION ALL
-    SELECT t.finish_at, 'trace', '', t.finish_failed, t.finish_at - t.first_at, 1
-    FROM traces_upserted t LEFT JOIN old_traces o USING (trace_id)
-    WHERE t.finish_at IS NOT NULL
-      AND (o.trace_id IS NULL
-           OR (o.first_at, o.finish_at, o.finish_failed) IS DISTINCT FROM (t.first_at, t.finish_at, t.finish_failed))
-),
-elapsed AS (
-    INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
-    SELECT date_trunc('hour', at, 'UTC'), kind, service, failed, tracker_elapsed_bin(elapsed), sum(n)
-    FROM elapsed_changes GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (bucket, kind, service, failed, bin) DO UPDATE SET n = r.n + EXCLUDED.n
-)
-SELECT coalesce(json_agg(json_build_array(kind, service, failed, extract(epoch FROM elapsed))), '[]') AS elapsed
-FROM elapsed_changes WHERE n = 1
+# Commutative counters: add. Keys come sorted (the lock order between writers).
+UPSERT_COUNTS = """
+INSERT INTO {table} AS r (bucket, service, status, events)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[])
+ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
 """
+UPSERT_ELAPSED = """
+INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::boolean[], $5::smallint[], $6::bigint[])
+ON CONFLICT (bucket, kind, service, failed, bin) DO UPDATE SET n = r.n + EXCLUDED.n
+"""
+
+
+def _elapsed_thresholds() -> list[int]:
+    """Bin b of the elapsed-time histogram holds (1.15^(b-1), 1.15^b] ms, as the SQL function
+    tracker_elapsed_bin (migration 002) computes it: ceil(ln(ms) / ln(1.15)), 0 for <= 1 ms.
+    As whole microseconds: bin(us) = the least b with us <= 1000 * 1.15^b, so comparing
+    integers against floor(1000 * 1.15^b), computed once here in 40-digit decimals, gives the
+    same bins without the float rounding of log() near a boundary."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        return [int(Decimal(1000) * Decimal("1.15") ** b) for b in range(161)]
+
+
+_THRESHOLDS = _elapsed_thresholds()
+_US = timedelta(microseconds=1)
+
+
+def elapsed_bin(elapsed: timedelta) -> int:
+    """The histogram bin of ``elapsed`` (see _elapsed_thresholds); at most 160 (~ 5 days)."""
+    return min(160, bisect.bisect_left(_THRESHOLDS, elapsed // _US))
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -230,68 +163,171 @@ def _hour(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
-def fold(events: Sequence[Event]) -> tuple[list, list, list, list, dict]:
-    """The batch as UPSERT_STATE's arguments: one row per (trace, service), per trace and per
-    rollup key (each list sorted by its key, the lock order), plus the counts per (service, status)."""
+# Indexes into the folded rows (lists, mutated in place: this runs for every event).
+# A service: the SERVICE_COLUMNS without the key.
+S_FIRST, S_LAST, S_N, S_LATEST_AT, S_LATEST_ID, S_LATEST_STATUS, S_LATEST_FAILED, S_START, S_OUTCOME_AT, \
+    S_OUTCOME_ID, S_OUTCOME_FAILED = range(11)
+# A trace, as folded: first, last, events, failed events, done, finish (at, id, failed), attributes.
+T_FIRST, T_LAST, T_N, T_N_FAILED, T_DONE, T_FINISH_AT, T_FINISH_ID, T_FINISH_FAILED, T_ATTRS = range(9)
+
+
+@dataclass
+class Fold:
+    """A batch reduced to one row per (trace, service), per trace and per rollup key."""
+    services: dict[tuple[str, str], list]
+    traces: dict[str, list]
+    minutes: dict[tuple[datetime, str, str], int]
+
+
+def fold(events: Sequence[Event]) -> Fold:
     services: dict[tuple[str, str], list] = {}
     traces: dict[str, list] = {}
     minutes: dict[tuple, int] = {}
     for e in events:
-        ts, eid = e.timestamp, e.event_id
-        start = ts if e.start_time is None or e.start_time >= ts else e.start_time
-        outcome = e.status == "success" or e.failed
-        key = (e.trace_id, e.service)
-        s = services.get(key)
+        ts, eid, failed = e.timestamp, e.event_id, e.failed
+        start_time = e.start_time
         # A service's (and a trace's) first time is its earliest event or Status API step
         # start, so that a 1 s step shows 1 s, as the elapsed-time rollups count it.
+        start = ts if start_time is None or start_time >= ts else start_time
+        key = (e.trace_id, e.service)
+        s = services.get(key)
+        outcome = failed or e.status == "success"
         if s is None:
-            services[key] = [start, ts, 1, ts, eid, e.status, e.failed, start,
-                             ts if outcome else None, eid if outcome else None, e.failed if outcome else None]
+            services[key] = [start, ts, 1, ts, eid, e.status, failed, start,
+                             ts if outcome else None, eid if outcome else None, failed if outcome else None]
         else:
-            if start < s[0]:
-                s[0] = start
-            if ts > s[1]:
-                s[1] = ts
-            s[2] += 1
-            if (ts, eid) > (s[3], s[4]):
-                s[3], s[4], s[5], s[6] = ts, eid, e.status, e.failed
-            if start < s[7]:
-                s[7] = start
-            if outcome and (s[8] is None or (ts, eid) < (s[8], s[9])):
-                s[8], s[9], s[10] = ts, eid, e.failed
+            if start < s[S_FIRST]:
+                s[S_FIRST] = s[S_START] = start
+            if ts > s[S_LAST]:
+                s[S_LAST] = ts
+            s[S_N] += 1
+            if ts > s[S_LATEST_AT] or (ts == s[S_LATEST_AT] and eid > s[S_LATEST_ID]):
+                s[S_LATEST_AT], s[S_LATEST_ID], s[S_LATEST_STATUS], s[S_LATEST_FAILED] = ts, eid, e.status, failed
+            if outcome and (s[S_OUTCOME_AT] is None or ts < s[S_OUTCOME_AT]
+                            or (ts == s[S_OUTCOME_AT] and eid < s[S_OUTCOME_ID])):
+                s[S_OUTCOME_AT], s[S_OUTCOME_ID], s[S_OUTCOME_FAILED] = ts, eid, failed
         finished = e.trace_status == "FINISHED"
+        attrs = (e.account, e.org_id, e.inventory_id, e.system_id, e.source, e.domain, e.domain_id)
         t = traces.get(e.trace_id)
         if t is None:
-            traces[e.trace_id] = [start, ts, 1, int(e.failed), finished, ts if finished else None,
-                                  eid if finished else None, e.failed if finished else None,
-                                  *(getattr(e, a) for a in TRACE_ATTRIBUTES)]
+            traces[e.trace_id] = [start, ts, 1, int(failed), finished, ts if finished else None,
+                                  eid if finished else None, failed if finished else None, attrs]
         else:
-            if start < t[0]:
-                t[0] = start
-            if ts > t[1]:
-                t[1] = ts
-            t[2] += 1
-            t[3] += e.failed
+            if start < t[T_FIRST]:
+                t[T_FIRST] = start
+            if ts > t[T_LAST]:
+                t[T_LAST] = ts
+            t[T_N] += 1
+            t[T_N_FAILED] += failed
             if finished:
-                t[4] = True
-                if t[5] is None or (ts, eid) > (t[5], t[6]):
-                    t[5], t[6], t[7] = ts, eid, e.failed
-            for i, a in enumerate(TRACE_ATTRIBUTES, 8):
-                v = getattr(e, a)
-                if v is not None and (t[i] is None or v < t[i]):
-                    t[i] = v
+                t[T_DONE] = True
+                if t[T_FINISH_AT] is None or ts > t[T_FINISH_AT] or (ts == t[T_FINISH_AT] and eid > t[T_FINISH_ID]):
+                    t[T_FINISH_AT], t[T_FINISH_ID], t[T_FINISH_FAILED] = ts, eid, failed
+            if attrs != t[T_ATTRS]:
+                t[T_ATTRS] = _least(t[T_ATTRS], attrs)
         mk = (_minute(ts), e.service, e.status)
         minutes[mk] = minutes.get(mk, 0) + 1
-    hours: dict[tuple, int] = {}
-    per_status: dict[tuple[str, str], int] = {}
-    for (minute, service, status), n in minutes.items():
-        hk = (_hour(minute), service, status)
-        hours[hk] = hours.get(hk, 0) + n
-        per_status[(service, status)] = per_status.get((service, status), 0) + n
-    service_rows = [(k[0], k[1], *v) for k, v in sorted(services.items())]
-    trace_rows = [(k, *v) for k, v in sorted(traces.items())]
-    return (service_rows, trace_rows, [(*k, n) for k, n in sorted(minutes.items())],
-            [(*k, n) for k, n in sorted(hours.items())], per_status)
+    return Fold(services, traces, minutes)
+
+
+def _least(old: Sequence, new: Sequence) -> tuple:
+    """Per position, the smallest value that is not None: whatever the order they came in."""
+    return tuple(b if a is None or (b is not None and b < a) else a for a, b in zip(old, new))
+
+
+@dataclass
+class StateChanges:
+    """What the merge produced: rows to insert and to update, and the histogram changes."""
+    new_services: list[tuple] = field(default_factory=list)
+    changed_services: list[tuple] = field(default_factory=list)
+    new_traces: list[tuple] = field(default_factory=list)
+    changed_traces: list[tuple] = field(default_factory=list)
+    # (hour, kind, service, failed, bin) -> +n/-n
+    elapsed: dict[tuple, int] = field(default_factory=dict)
+    # (kind, service, failed, seconds) that became known in this batch, for the Prometheus histograms
+    observed: list[tuple] = field(default_factory=list)
+
+
+def _elapsed_change(changes: StateChanges, kind: str, service: str, old: tuple | None, new: tuple) -> None:
+    """old/new: (start, outcome at, outcome failed) of a service or trace; an outcome at of None
+    means not known yet. Moves the histogram from the old value to the new one."""
+    if old == new:
+        return
+    for (start, at, failed), n in ((old, -1), (new, 1)) if old is not None else ((new, 1),):
+        if at is None:
+            continue
+        elapsed = at - start
+        key = (_hour(at), kind, service, failed, elapsed_bin(elapsed))
+        changes.elapsed[key] = changes.elapsed.get(key, 0) + n
+        if n == 1:
+            changes.observed.append((kind, service, failed, elapsed.total_seconds()))
+
+
+def merge(batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict[tuple[str, str], asyncpg.Record]
+          ) -> StateChanges:
+    """The final state rows: each folded row merged with the row already stored, if any."""
+    changes = StateChanges()
+    failed_delta: dict[str, int] = {}
+    for key in sorted(batch.services):
+        f = batch.services[key]
+        o = old_services.get(key)
+        if o is None:
+            row = f
+            changes.new_services.append((*key, *row))
+            old_failed = False
+            old_elapsed = None
+        else:
+            row = list(o.values())[2:]
+            if f[S_FIRST] < row[S_FIRST]:
+                row[S_FIRST] = f[S_FIRST]
+            if f[S_LAST] > row[S_LAST]:
+                row[S_LAST] = f[S_LAST]
+            row[S_N] += f[S_N]
+            if (f[S_LATEST_AT], f[S_LATEST_ID]) > (row[S_LATEST_AT], row[S_LATEST_ID]):
+                row[S_LATEST_AT:S_LATEST_FAILED + 1] = f[S_LATEST_AT:S_LATEST_FAILED + 1]
+            if f[S_START] < row[S_START]:
+                row[S_START] = f[S_START]
+            if f[S_OUTCOME_AT] is not None and (row[S_OUTCOME_AT] is None or (f[S_OUTCOME_AT], f[S_OUTCOME_ID])
+                                                < (row[S_OUTCOME_AT], row[S_OUTCOME_ID])):
+                row[S_OUTCOME_AT:S_OUTCOME_FAILED + 1] = f[S_OUTCOME_AT:S_OUTCOME_FAILED + 1]
+            changes.changed_services.append((*key, *row))
+            old_failed = o["latest_failed"]
+            old_elapsed = (o["start_at"], o["outcome_at"], o["outcome_failed"])
+        if row[S_LATEST_FAILED] != old_failed:
+            failed_delta[key[0]] = failed_delta.get(key[0], 0) + (1 if row[S_LATEST_FAILED] else -1)
+        _elapsed_change(changes, "service", key[1], old_elapsed,
+                        (row[S_START], row[S_OUTCOME_AT], row[S_OUTCOME_FAILED]))
+
+    for trace_id in sorted(batch.traces):
+        f = batch.traces[trace_id]
+        o = old_traces.get(trace_id)
+        failed_services = failed_delta.get(trace_id, 0)
+        if o is None:
+            first, last, n, n_failed, done = f[T_FIRST], f[T_LAST], f[T_N], f[T_N_FAILED], f[T_DONE]
+            finish = (f[T_FINISH_AT], f[T_FINISH_ID], f[T_FINISH_FAILED])
+            attrs = f[T_ATTRS]
+            old_elapsed = None
+        else:
+            first, last = min(o["first_at"], f[T_FIRST]), max(o["last_at"], f[T_LAST])
+            n, n_failed = o["event_count"] + f[T_N], o["error_count"] + f[T_N_FAILED]
+            done = o["done"] or f[T_DONE]
+            finish = (o["finish_at"], o["finish_event_id"], o["finish_failed"])
+            if f[T_FINISH_AT] is not None and (finish[0] is None or (f[T_FINISH_AT], f[T_FINISH_ID])
+                                               > (finish[0], finish[1])):
+                finish = (f[T_FINISH_AT], f[T_FINISH_ID], f[T_FINISH_FAILED])
+            failed_services += o["failed_services"]
+            attrs = _least(tuple(o[a] for a in TRACE_ATTRIBUTES), f[T_ATTRS])
+            old_elapsed = (o["first_at"], o["finish_at"], o["finish_failed"])
+        # The overall status: the finishing event decides; before it, any service whose
+        # latest event failed.
+        if done:
+            status = "failed" if finish[2] else "success"
+        else:
+            status = "failed" if failed_services > 0 else "in_progress"
+        row = (trace_id, first, last, _hour(last), n, n_failed, done, *finish, failed_services, status, *attrs)
+        (changes.new_traces if o is None else changes.changed_traces).append(row)
+        _elapsed_change(changes, "trace", "", old_elapsed, (first, finish[0], finish[2]))
+    return changes
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:
@@ -312,6 +348,23 @@ async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[
     return [e for e in events if (e.event_id, e.timestamp) in new]
 
 
+async def _write_state(conn: asyncpg.Connection, batch: Fold) -> StateChanges:
+    trace_ids = sorted(batch.traces)
+    old_traces = {r["trace_id"]: r for r in await conn.fetch(LOCK_TRACES, trace_ids)}
+    old_services = {(r["trace_id"], r["service"]): r for r in await conn.fetch(LOCK_SERVICES, trace_ids)} \
+        if old_traces else {}  # a trace's services are written with it: no trace, no services
+    changes = merge(batch, old_traces, old_services)
+    if changes.new_services:
+        await conn.copy_records_to_table("trace_services", records=changes.new_services, columns=SERVICE_COLUMNS)
+    if changes.changed_services:
+        await conn.execute(UPDATE_SERVICES, *_columns(changes.changed_services, len(SERVICE_COLUMNS)))
+    if changes.new_traces:
+        await conn.copy_records_to_table("traces", records=changes.new_traces, columns=TRACE_COLUMNS)
+    if changes.changed_traces:
+        await conn.execute(UPDATE_TRACES, *_columns(changes.changed_traces, len(TRACE_COLUMNS)))
+    return changes
+
+
 async def write_batch(conn: asyncpg.Connection, events: Sequence[Event]) -> BatchResult:
     """Store ``events`` with the trace state and rollups they imply; one transaction."""
     # A message sent twice within one batch: keep one (the key would refuse the other).
@@ -320,13 +373,30 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event]) -> Batc
     unique.sort(key=lambda e: (e.event_id, e.timestamp))
     async with conn.transaction():
         inserted = await _insert_events(conn, unique) if unique else []
-        elapsed: list = []
-        per_status: dict = {}
-        if inserted:
-            service_rows, trace_rows, minute_rows, hour_rows, per_status = fold(inserted)
-            s_cols, t_cols = _columns(service_rows, 13), _columns(trace_rows, 16)
-            await conn.execute(LOCK_STATE, t_cols[0])
-            elapsed = await conn.fetchval(UPSERT_STATE, *s_cols, *t_cols, *_columns(minute_rows, 4),
-                                          *_columns(hour_rows, 4))
+        if not inserted:
+            return BatchResult(0, len(events))
+        batch = fold(inserted)
+        while True:
+            try:
+                async with conn.transaction():  # a savepoint: a lost race undoes only the state step
+                    changes = await _write_state(conn, batch)
+                break
+            except asyncpg.UniqueViolationError:
+                # Another writer created one of these traces (or services) after we looked:
+                # look again; now the row is there to lock and merge with.
+                continue
+        hours: dict[tuple, int] = {}
+        per_status: dict[tuple[str, str], int] = {}
+        for (minute, service, status), n in batch.minutes.items():
+            hk = (_hour(minute), service, status)
+            hours[hk] = hours.get(hk, 0) + n
+            per_status[(service, status)] = per_status.get((service, status), 0) + n
+        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts"), *_columns(sorted(
+            (*k, n) for k, n in batch.minutes.items()), 4))
+        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts_hour"), *_columns(sorted(
+            (*k, n) for k, n in hours.items()), 4))
+        elapsed = sorted((*k, n) for k, n in changes.elapsed.items() if n)
+        if elapsed:
+            await conn.execute(UPSERT_ELAPSED, *_columns(elapsed, 6))
     counts = [(service, status, n) for (service, status), n in per_status.items()]
-    return BatchResult(len(inserted), len(events) - len(inserted), counts, elapsed)
+    return BatchResult(len(inserted), len(events) - len(inserted), counts, changes.observed)

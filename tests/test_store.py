@@ -170,3 +170,67 @@ async def test_rollups_equal_a_from_scratch_computation_in_any_order(database_ur
         assert await stored_state(conn) == expected_state(events)
     finally:
         await conn.close()
+
+
+async def test_elapsed_bins_are_those_of_the_sql_function(db):
+    """The consumer bins elapsed times in Python; migrations and the documentation use the SQL
+    function tracker_elapsed_bin. They agree at every bin boundary, one microsecond either side."""
+    from consumer.store import _THRESHOLDS, elapsed_bin
+
+    values = [timedelta(microseconds=us) for t in _THRESHOLDS for us in (t - 1, t, t + 1)]
+    values += [timedelta(0), timedelta(microseconds=1), timedelta(days=30)]
+    rows = await db.fetch("SELECT x, tracker_elapsed_bin(x) AS bin FROM unnest($1::interval[]) AS x", values)
+    assert [(r["x"], elapsed_bin(r["x"])) for r in rows] == [(r["x"], r["bin"]) for r in rows]
+
+
+async def test_an_offset_time_counts_in_its_utc_minute_and_hour(db):
+    """10:45+05:30 is 05:15Z: its hour bucket is 05:00Z (taking the hour in +05:30 gave 04:30Z)."""
+    await prepare_connection(db)
+    doc = tracker_event("offset", "a", "received", BASE)
+    doc["timestamp"] = "2024-05-01T10:45:00+05:30"
+    [event] = events_of([doc])
+    assert event.timestamp.utcoffset() == timedelta(0)
+    await write_batch(db, [event])
+    minute = await db.fetchval("SELECT bucket FROM rollup_counts WHERE service = 'a'")
+    hour = await db.fetchval("SELECT bucket FROM rollup_counts_hour WHERE service = 'a'")
+    assert (minute.isoformat(), hour.isoformat()) == ("2024-05-01T05:15:00+00:00", "2024-05-01T05:00:00+00:00")
+
+
+async def test_a_writer_that_loses_the_race_to_create_a_trace_merges_with_the_winner(database_url):
+    """Two writers create the same new trace (a producer that does not key by trace id): the
+    second finds no row to lock, its insert waits for the first and then meets its row. It does
+    its state step again, now merging with that row: both writers' events count, once."""
+    import asyncio
+
+    import asyncpg
+
+    from tracker.db import init_connection
+
+    first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        for conn in (first, second):
+            await init_connection(conn)
+            await prepare_connection(conn)
+        docs = pipeline_trace("race", random.Random(3), services=3, fail=True, finish=True)
+        mine, theirs = events_of(docs[::2]), events_of(docs[1::2])
+        # The first writer's batch, written but not committed: inside an outer transaction,
+        # write_batch's own transaction is a savepoint.
+        outer = first.transaction()
+        await outer.start()
+        await write_batch(first, mine)
+        racing = asyncio.create_task(write_batch(second, theirs))
+        async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as watch:
+            for _ in range(200):
+                waiting = await watch.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the second writer never waited for the first one's new rows"
+        await outer.commit()
+        result = await asyncio.wait_for(racing, 30)
+        assert result.inserted == len(theirs)
+        assert await stored_state(first) == expected_state(mine + theirs)
+        assert await stored_rollups(first) == expected_rollups(mine + theirs)
+    finally:
+        for conn in (first, second):
+            await conn.close()
