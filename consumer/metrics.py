@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
+import threading
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
 )
+from prometheus_client.core import HistogramMetricFamily
 
 import tracker
 
@@ -38,6 +43,45 @@ class LabelBounder:
         return "other"
 
 
+class BatchHistogram:
+    """A histogram observed a batch of values at a time, exported like prometheus_client's.
+
+    prometheus_client's Histogram takes one value per call (a lock and a loop over the buckets
+    each time): per message on the hot path it was ~2 % of the consumer's CPU (bench/ingest's
+    profile). Here a batch is counted with bisect under one lock; collect() exports the same
+    _bucket/_sum/_count series through the library's public custom-collector interface.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = [float(b) for b in buckets]
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds, counts, total = self.bounds, [0] * len(self._counts), 0.0
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1  # buckets are "less than or equal"
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts)]
+            self._sum += total
+
+    def describe(self):
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self):
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, max_services: int = 50,
                  max_statuses: int = 20) -> None:
@@ -62,9 +106,9 @@ class ConsumerMetrics:
         self.write_seconds = Histogram("tracker_consumer_batch_write_seconds",
                                        "Time to write one batch to PostgreSQL (one transaction).",
                                        buckets=_WRITE_BUCKETS, registry=r)
-        self.event_lag = Histogram("tracker_consumer_event_lag_seconds",
-                                   "From the Kafka record's timestamp to the commit of its batch in PostgreSQL.",
-                                   buckets=_LAG_BUCKETS, registry=r)
+        self.event_lag = BatchHistogram("tracker_consumer_event_lag_seconds",
+                                        "From the Kafka record's timestamp to the commit of its batch in PostgreSQL.",
+                                        _LAG_BUCKETS, r)
         self.retries = Counter("tracker_consumer_retries_total",
                                "Retries after an infrastructure failure, by what failed.", ["target"],
                                registry=r)

@@ -259,10 +259,9 @@ class Sink:
             self.committed.update(offsets)
 
         now_ms = time.time() * 1000
-        for records in batch.values():
-            for record in records:
-                if record.timestamp and record.timestamp > 0:
-                    self.metrics.event_lag.observe(max(0.0, (now_ms - record.timestamp) / 1000))
+        self.metrics.event_lag.observe_many(
+            max(0.0, (now_ms - record.timestamp) / 1000)
+            for records in batch.values() for record in records if record.timestamp and record.timestamp > 0)
         self.metrics.record_batch(result)
         self.metrics.messages.labels("stored").inc(result.inserted)
         self.metrics.messages.labels("duplicate").inc(result.duplicates)

@@ -113,6 +113,43 @@ def fast_validator(schema_name: str):
     return fastjsonschema.compile(_schema_document(schema_name), formats={"date-time": lambda value: True})
 
 
+# The identifier patterns (Id, Name): a length and "no control character". The length is also
+# in minLength/maxLength beside them; only the character class needs the regex.
+_CONTROL_PATTERN = re.compile(r"\^\[\^\\x00-\\x1f\\x7f-\\x9f\]\{1,(\d+)\}\(\?!\[\\s\\S\]\)")
+
+
+def _without_control_patterns(schema: Any) -> Any:
+    """The schema without the identifier patterns that only refuse control characters (kept
+    where the pattern says more, as TraceIdValue's does, or the lengths are not beside it)."""
+    if isinstance(schema, list):
+        return [_without_control_patterns(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _without_control_patterns(v) for k, v in schema.items()}
+    match = _CONTROL_PATTERN.fullmatch(out.get("pattern", "")) if isinstance(out.get("pattern"), str) else None
+    if match and out.get("minLength", 0) >= 1 and out.get("maxLength") == int(match.group(1)):
+        del out["pattern"]
+    return out
+
+
+@lru_cache(maxsize=None)
+def plain_text_validator(schema_name: str):
+    """fast_validator without the control-character regexes: for a message whose bytes show that
+    none of its strings can hold a control character (see _plain_text). A third less time on
+    the hot path (bench/ingest's profile: the regexes were most of the validation)."""
+    document = {"$ref": f"#/components/schemas/{schema_name}",
+                "components": _without_control_patterns(spec()["components"])}
+    return fastjsonschema.compile(document, formats={"date-time": lambda value: True})
+
+
+def _plain_text(value: bytes) -> bool:
+    """True when no string in this JSON text can contain a control character (U+0000-U+001F,
+    U+007F-U+009F): JSON allows them inside strings only escaped (a backslash), U+007F is the
+    byte 0x7F and U+0080-U+009F are 0xC2 0x80-0x9F in UTF-8. Three scans in C; a message with
+    any escape or any of those bytes takes the full validator."""
+    return b"\\" not in value and b"\x7f" not in value and b"\xc2" not in value
+
+
 @lru_cache(maxsize=1)
 def status_api_legacy_names() -> dict[str, str]:
     return dict(spec()["components"]["schemas"]["StatusApiEvent"]["x-legacy-names"])
@@ -123,7 +160,7 @@ def parse_message(value: bytes | None, *, max_bytes: int) -> Event | Invalid:
     try:
         doc = _decode(value, max_bytes)
         fmt = detect_format(doc)
-        return _normalise(doc, fmt)
+        return _normalise(doc, fmt, plain=_plain_text(value))
     except _Rejected as rejected:
         return rejected.invalid
 
@@ -234,9 +271,9 @@ def detect_format(doc: dict) -> str:
     return "status_api"
 
 
-def _validate(doc: dict, schema_name: str) -> None:
+def _validate(doc: dict, schema_name: str, plain: bool = False) -> None:
     try:
-        fast_validator(schema_name)(doc)
+        (plain_text_validator if plain else fast_validator)(schema_name)(doc)
         return
     except fastjsonschema.JsonSchemaValueException as fast_error:
         errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (list(e.path), e.validator))
@@ -277,18 +314,18 @@ EVENT_SCHEMAS = {"tracker": "TrackerEvent", "payload_tracker": "PayloadTrackerMe
                  "status_api": "StatusApiEvent"}
 
 
-def _normalise(doc: dict, fmt: str) -> Event:
+def _normalise(doc: dict, fmt: str, *, plain: bool = False) -> Event:
     if fmt == "status_api":
         # Renaming only when a legacy name is there: a set intersection in C, where the
         # renaming loop is Python (this runs for every message).
         if status_api_legacy_names().keys() & doc.keys():
             doc = _rename_legacy(doc)
-        _validate(doc, "StatusApiEvent")
+        _validate(doc, "StatusApiEvent", plain)
         return _from_status_api(doc)
     if fmt == "payload_tracker":
-        _validate(doc, "PayloadTrackerMessage")
+        _validate(doc, "PayloadTrackerMessage", plain)
         return _from_payload_tracker(doc)
-    _validate(doc, "TrackerEvent")
+    _validate(doc, "TrackerEvent", plain)
     return _from_tracker(doc)
 
 
