@@ -20,7 +20,7 @@ import time
 import asyncpg
 
 from bench.common import dataset, fresh_database, services
-from consumer.store import COLUMNS, CREATE_STAGING, event_record, write_batch
+from consumer.store import COLUMNS, CREATE_STAGING, write_batch
 from tracker.db import init_connection
 from tracker.events import Event, parse_message
 
@@ -41,13 +41,13 @@ UNNEST = (f"INSERT INTO events ({_COLS}) SELECT "
 
 async def executemany(conn, events):
     async with conn.transaction():
-        await conn.executemany(EXECUTEMANY, [event_record(e) for e in events])
+        await conn.executemany(EXECUTEMANY, events)
 
 
 async def unnest(conn, events):
     import json
 
-    records = [event_record(e) for e in events]
+    records = events  # an Event is its own COPY record
     columns = [list(col) for col in zip(*records)]
     columns[21] = [json.dumps(v) for v in columns[21]]
     for i in (23, 24):
@@ -58,7 +58,7 @@ async def unnest(conn, events):
 
 async def copy(conn, events):
     async with conn.transaction():
-        await conn.copy_records_to_table("staging_events", records=[event_record(e) for e in events],
+        await conn.copy_records_to_table("staging_events", records=events,
                                          columns=COLUMNS)
         await conn.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events "
                            "ON CONFLICT (event_id, ts) DO NOTHING")

@@ -41,11 +41,8 @@ import asyncpg
 
 from tracker.events import Event
 
-COLUMNS = (
-    "event_id", "trace_id", "service", "status", "failed", "ts", "trace_status", "start_time", "end_time",
-    "duration_ms", "source", "account", "org_id", "inventory_id", "system_id", "domain", "domain_id",
-    "username", "operation", "path", "message", "errors", "exception", "meta", "body", "format",
-)
+# The events table's columns, in the order of Event's fields: an Event is its own COPY record.
+COLUMNS = tuple({"timestamp": "ts", "user": "username"}.get(name, name) for name in Event._fields)
 _COLS = ", ".join(COLUMNS)
 TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 
@@ -139,16 +136,6 @@ class BatchResult:
     counts: list = field(default_factory=list)
     # Elapsed times that became known: (kind 'service'|'trace', service, failed, seconds).
     elapsed: list = field(default_factory=list)
-
-
-def event_record(event: Event) -> tuple:
-    return (
-        event.event_id, event.trace_id, event.service, event.status, event.failed, event.timestamp,
-        event.trace_status, event.start_time, event.end_time, event.duration_ms, event.source, event.account,
-        event.org_id, event.inventory_id, event.system_id, event.domain, event.domain_id, event.user,
-        event.operation, event.path, event.message, list(event.errors), event.exception, event.meta,
-        event.body, event.format,
-    )
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -336,14 +323,13 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
     """Store the events; returns those that were new."""
-    records = [event_record(e) for e in events]
     try:
         async with conn.transaction():  # a savepoint: a key conflict undoes only this COPY
-            await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
+            await conn.copy_records_to_table("events", records=events, columns=COLUMNS)
         return events
     except asyncpg.UniqueViolationError:
         pass
-    await conn.copy_records_to_table("staging_events", records=records, columns=COLUMNS)
+    await conn.copy_records_to_table("staging_events", records=events, columns=COLUMNS)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
     return [e for e in events if (e.event_id, e.timestamp) in new]
 
