@@ -32,6 +32,7 @@ row to lock.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -219,7 +220,7 @@ def fold(events: Sequence[Event]) -> Fold:
 
 def _least(old: Sequence, new: Sequence) -> tuple:
     """Per position, the smallest value that is not None: whatever the order they came in."""
-    return tuple(b if a is None or (b is not None and b < a) else a for a, b in zip(old, new))
+    return tuple([b if a is None or (b is not None and b < a) else a for a, b in zip(old, new)])
 
 
 @dataclass
@@ -351,12 +352,16 @@ async def _write_state(conn: asyncpg.Connection, batch: Fold) -> StateChanges:
     return changes
 
 
+# (event_id, ts): the events table's key. An Event is a tuple; itemgetter reads it in C.
+_event_key = operator.itemgetter(Event._fields.index("event_id"), Event._fields.index("timestamp"))
+
+
 async def write_batch(conn: asyncpg.Connection, events: Sequence[Event]) -> BatchResult:
     """Store ``events`` with the trace state and rollups they imply; one transaction."""
     # A message sent twice within one batch: keep one (the key would refuse the other).
-    unique = list({(e.event_id, e.timestamp): e for e in events}.values())
+    unique = list({_event_key(e): e for e in events}.values())
     # Key order: two writers that share keys lock them in the same order.
-    unique.sort(key=lambda e: (e.event_id, e.timestamp))
+    unique.sort(key=_event_key)
     async with conn.transaction():
         inserted = await _insert_events(conn, unique) if unique else []
         if not inserted:
