@@ -35,7 +35,7 @@ import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 
 import asyncpg
