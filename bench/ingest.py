@@ -73,7 +73,8 @@ async def produce(bootstrap: str, topic: str, messages) -> float:
 
 
 async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) -> tuple[int, float]:
-    """(messages handled, unix time of the last offset commit) from the consumer's /metrics."""
+    """(messages handled, unix time of the last offset commit) from the consumer's /metrics
+    (of all its processes, when TRACKER_CONSUMER_PROCESSES runs several)."""
     try:
         async with session.get(metrics_url) as response:
             text = await response.text()
@@ -84,7 +85,7 @@ async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) ->
         if family.name == "tracker_consumer_messages":
             count = int(sum(s.value for s in family.samples if s.name.endswith("_total")))
         elif family.name == "tracker_consumer_last_commit_timestamp_seconds":
-            last_commit = family.samples[0].value
+            last_commit = max(s.value for s in family.samples)
     return count, last_commit
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
-from consumer.service import run
+from consumer.group import run_group
+from consumer.service import serve
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
@@ -19,13 +19,9 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level)
     logging.getLogger("tracker.consumer").info("starting with %s", settings.masked())
-    try:
-        asyncio.run(run(settings))
-    except Exception:
-        # Neither bad data nor a passing outage: let the supervisor restart us; Kafka redelivers.
-        logging.getLogger("tracker.consumer").exception("consumer failed")
-        return 1
-    return 0
+    if settings.consumer_processes > 1:
+        return run_group(settings, serve)
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def serve(settings: Settings) -> int:
+    """Run one consumer until it is asked to stop; the process's exit code."""
+    try:
+        asyncio.run(run(settings))
+    except Exception:
+        # Neither bad data nor a passing outage: let the supervisor restart us; Kafka redelivers.
+        log.exception("consumer failed")
+        return 1
+    return 0
+
+
 async def run(settings: Settings) -> None:
     tune_garbage_collector()
     stop = asyncio.Event()

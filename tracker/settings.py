@@ -41,6 +41,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "db_pool_max": ("TRACKER_DB_POOL_MAX", "10"),
     "consumer_db_pool_max": ("TRACKER_CONSUMER_DB_POOL_MAX", "3"),
     "consumer_writers": ("TRACKER_CONSUMER_WRITERS", "2"),
+    "consumer_processes": ("TRACKER_CONSUMER_PROCESSES", "1"),
     "metrics_max_services": ("TRACKER_METRICS_MAX_SERVICES", "50"),
     "metrics_max_statuses": ("TRACKER_METRICS_MAX_STATUSES", "20"),
     "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
@@ -94,6 +95,7 @@ class Settings:
     db_pool_max: int
     consumer_db_pool_max: int
     consumer_writers: int
+    consumer_processes: int
     metrics_max_services: int
     metrics_max_statuses: int
     log_level: str
