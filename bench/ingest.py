@@ -2,9 +2,10 @@
 
 1. Produce N events (default 1,000,000: ~10 per trace, 20 services, ~600-byte
    messages, half Payload Tracker and half Status API) into a fresh topic.
-2. Start the real consumer process (`python -m consumer`) on a fresh database
-   and time it from process start until every event is committed (its
-   tracker_consumer_messages_total reaches N). Peak RSS from /proc (VmHWM).
+2. Start the real consumer (`python -m consumer`, with TRACKER_CONSUMER_PROCESSES=
+   --processes, default one per core) on a fresh database and time it from process
+   start until every event is committed (its tracker_consumer_messages_total reaches
+   N). Peak RSS from /proc (VmHWM), summed over its processes.
 3. Baselines on the same rows and table, fresh database each:
    - ceiling: one COPY of all N rows (parsing done beforehand, not timed);
    - the ancestors' way: parse + one INSERT per message, committed each, on the
@@ -15,12 +16,13 @@
    --rate events/s (and --high-rate) for --latency-seconds, polling PostgreSQL
    every few ms for each event id: produce-to-queryable p50/p99.
 5. Where the CPU goes during the consumer phase: CPU seconds per 1,000 events of
-   the consumer, of PostgreSQL (all its processes) and of the broker, from /proc.
-6. Scale-out: the first --scale-events events with 1, 2 and 3 consumer processes
-   on the same partitions, fresh database and group each, timed until all are stored.
+   the consumer (all its processes), of PostgreSQL (all its processes) and of the
+   broker, from /proc.
+6. Scale-out: the first --scale-events events with TRACKER_CONSUMER_PROCESSES 1, 2
+   and 3 on the same partitions, fresh database and group each, timed until all are stored.
 
 Usage: python -m bench.ingest [--events N] [--per-message K] [--rate 2000] [--high-rate 8000]
-                              [--latency-seconds 20] [--scale-events 300000]
+                              [--latency-seconds 20] [--scale-events 300000] [--processes P]
 Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts local ones.
 """
 
@@ -98,18 +100,19 @@ def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[float, subprocess.Popen]:
+async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[float, subprocess.Popen, int]:
     """Seconds from the consumer's start to the commit of its last batch: the end is the
     consumer's own last-commit time, so polling /metrics gently (each scrape costs the consumer
     CPU) costs no precision."""
     metrics_url = f"http://{settings.consumer_host}:{settings.consumer_port}/metrics"
     started = time.time()
     proc = start_consumer(settings, log_path)
+    memory = MemorySampler(proc.pid)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while True:
             count, last_commit = await consumer_progress(session, metrics_url)
             if count >= n:
-                return last_commit - started, proc
+                return last_commit - started, proc, memory.stop()
             if proc.poll() is not None:
                 raise SystemExit(f"the consumer exited with {proc.returncode}; see {log_path}")
             await asyncio.sleep(1)
@@ -197,6 +200,59 @@ def _cpu_ticks(pid: int, children: bool = False) -> int:
     return ticks
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live children: a consumer with TRACKER_CONSUMER_PROCESSES > 1 is a
+    parent and its members."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    return sum(_cpu_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_peak_bytes(pids: list[int]) -> int:
+    """The sum of each process's peak RSS: an upper bound on the group's peak (their peaks
+    need not coincide, and pages shared since the fork count once per process)."""
+    return sum(rss_peak_bytes(p) for p in pids)
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler:
+    """The peak, sampled every half second, of the summed PSS of a process and its children.
+
+    PSS (proportional set size) counts a page shared by k processes as 1/k in each, so the
+    sum is the memory the group takes from the machine; summed RSS would count the pages
+    that the forked members share with each other (the interpreter, the imported modules)
+    once per process. For one process the two differ only by the shared libraries."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, sum(_pss_bytes(p) for p in process_tree(self.pid)))
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> int:
+        self._task.cancel()
+        return self.peak
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far of every PostgreSQL process and of the Kafka broker on this machine
     (the benchmark's own: it runs alone). The postmaster's reaped children count too."""
@@ -223,47 +279,45 @@ async def events_stored(conn) -> int:
 
 async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settings, n: int, processes: int,
                     run: str) -> float:
-    """Events/s of ``processes`` consumers on the topic's first ``n`` events (a fresh group and database)."""
+    """Events/s of one consumer command with ``processes`` processes (TRACKER_CONSUMER_PROCESSES)
+    on the topic's first ``n`` events (a fresh group and database)."""
     database_url = await fresh_database(admin_url, prefix=f"bench_scale{processes}")
-    procs = []
     conn = await asyncpg.connect(database_url)
+    member = dataclasses.replace(settings, database_url=database_url, consumer_port=free_port(),
+                                 consumer_group=f"bench-scale{processes}-{run}", consumer_processes=processes)
+    proc = start_consumer(member, Path(f"/tmp/bench-ingest-scale{processes}-{run}.log"))
     try:
         started = time.perf_counter()
-        for k in range(processes):
-            member = dataclasses.replace(settings, database_url=database_url, consumer_port=free_port(),
-                                         consumer_group=f"bench-scale{processes}-{run}")
-            procs.append(start_consumer(member, Path(f"/tmp/bench-ingest-scale{processes}-{k}-{run}.log")))
         while await events_stored(conn) < n:
-            if any(p.poll() is not None for p in procs):
-                raise SystemExit("a consumer exited during the scale-out phase")
+            if proc.poll() is not None:
+                raise SystemExit("the consumer exited during the scale-out phase")
             await asyncio.sleep(0.25)
         return n / (time.perf_counter() - started)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        proc.terminate()
+        proc.wait(90)
         await conn.close()
 
 
 async def steady_latency(bootstrap: str, admin_url: str, settings: Settings, args, run: str, name: str,
-                         rate: int) -> tuple[list[float], int]:
+                         rate: int) -> tuple[list[float], int, int]:
     """Produce-to-queryable at ``rate``, measured apart from the bulk load (whose checkpoints and
     autovacuum would otherwise be what is measured): a fresh topic, database and consumer, a 5 s
-    warm-up not counted. Returns the latencies and the consumer's peak RSS."""
+    warm-up not counted. Returns the latencies, the consumer's peak PSS and its peak RSS (summed)."""
     topic = f"bench.latency{name}.{run}"
     await ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=args.partitions)
     steady = dataclasses.replace(settings, topic=topic, dlq_topic=f"{topic}.dlq",
                                  consumer_group=f"bench-latency{name}-{run}",
                                  database_url=await fresh_database(admin_url, prefix=f"bench_latency{name.replace('-', '_')}"))
     proc = start_consumer(steady, Path(f"/tmp/bench-ingest-latency{name}-{run}.log"))
+    memory = MemorySampler(proc.pid)
     try:
         await latency(bootstrap, topic, steady.database_url, rate, 5)
         latencies = await latency(bootstrap, topic, steady.database_url, rate, args.latency_seconds)
-        return latencies, rss_peak_bytes(proc.pid)
+        return latencies, memory.stop(), tree_rss_peak_bytes(process_tree(proc.pid))
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(90)
 
 
 async def settle(admin_url: str, database_url: str) -> None:
@@ -301,24 +355,27 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     database_url = await fresh_database(admin_url, prefix="bench_ingest")
     settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
                                  dlq_topic=f"{topic}.dlq", consumer_group=f"bench-{run}",
-                                 consumer_port=free_port(), log_level="WARNING",
+                                 consumer_port=free_port(), log_level="WARNING", consumer_processes=args.processes,
                                  **({"batch_max_records": args.batch} if args.batch else {}))
     log_path = Path(f"/tmp/bench-ingest-consumer-{run}.log")
     cpu_before = cpu_seconds()
-    consumer_s, proc = await time_consumer(settings, args.events, log_path)
+    consumer_s, proc, pss = await time_consumer(settings, args.events, log_path)
     cpu_after = cpu_seconds()
-    consumer_cpu = _cpu_ticks(proc.pid) / os.sysconf("SC_CLK_TCK")
+    tree = process_tree(proc.pid)
+    consumer_cpu = tree_cpu_seconds(tree)
     consumer_rate = args.events / consumer_s
     print(f"consumer: {consumer_rate:,.0f} events/s ({consumer_s:.1f} s from process start)", flush=True)
-    rss = rss_peak_bytes(proc.pid)
+    rss = tree_rss_peak_bytes(tree)
+    largest = max(rss_peak_bytes(p) for p in tree)
 
     proc.terminate()
-    proc.wait(30)
+    proc.wait(90)
     await settle(admin_url, database_url)
 
-    latencies, steady_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "", args.rate)
-    high_latencies, high_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "-high", args.high_rate)
-    rss = max(rss, steady_rss, high_rss)
+    latencies, steady_pss, steady_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "", args.rate)
+    high_latencies, high_pss, high_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "-high",
+                                                              args.high_rate)
+    rss, pss = max(rss, steady_rss, high_rss), max(pss, steady_pss, high_pss)
 
     scale_n = min(args.scale_events, args.events)
     scale = {k: await scale_out(bootstrap, admin_url, topic, settings, scale_n, k, run) for k in (1, 2, 3)}
@@ -333,7 +390,8 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
 
     print()
     print(f"ingest of {args.events:,} events, {args.partitions} partitions, batches of up to "
-          f"{settings.batch_max_records}, {settings.consumer_writers} writers")
+          f"{settings.batch_max_records}, {settings.consumer_processes} consumer process(es) "
+          f"(TRACKER_CONSUMER_PROCESSES) of {settings.consumer_writers} writers each")
     print(f"  consumer (validate + dead-letter + events + trace state, commit): {consumer_rate:>10,.0f} events/s")
     print(f"  ceiling: one COPY of the same rows, events table only:           {copy_rate:>10,.0f} events/s"
           f"   consumer = {consumer_rate / copy_rate:.0%} of it")
@@ -344,9 +402,11 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
           f"PostgreSQL {(cpu_after['postgres'] - cpu_before['postgres']) * per_k:.3f}, "
           f"broker {(cpu_after['broker'] - cpu_before['broker']) * per_k:.3f} "
           f"(2 cores = {2 * consumer_s * per_k:.3f} available)")
-    print(f"  consumer processes on {args.partitions} partitions ({scale_n:,} events): "
+    print(f"  TRACKER_CONSUMER_PROCESSES on {args.partitions} partitions ({scale_n:,} events): "
           + ", ".join(f"{k}: {rate:,.0f} events/s" for k, rate in scale.items()))
-    print(f"  consumer peak RSS: {rss / 2**20:.0f} MiB   (target <= 150 MiB: {'met' if rss <= 150 * 2**20 else 'NOT met'})")
+    print(f"  consumer memory, its {len(tree)} process(es) summed: peak PSS {pss / 2**20:.0f} MiB "
+          f"(peak RSS {rss / 2**20:.0f} MiB, largest process {largest / 2**20:.0f} MiB)   "
+          f"(target <= 150 MiB: {'met' if pss <= 150 * 2**20 else 'NOT met'})")
     for rate, values, target in ((args.rate, latencies, 0.25), (args.high_rate, high_latencies, 1.0)):
         p99 = percentile(values, 99)
         print(f"  produce-to-queryable at {rate:,} events/s for {args.latency_seconds:.0f} s "
@@ -367,6 +427,8 @@ def main() -> None:
     parser.add_argument("--high-rate", type=int, default=8000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--scale-events", type=int, default=300_000)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="TRACKER_CONSUMER_PROCESSES of the consumer measured (default: one per core)")
     args = parser.parse_args()
     # The local services are started outside the event loop (their readiness checks run their own).
     with services() as (bootstrap, admin_url):
