@@ -98,9 +98,10 @@ async def run(settings: Settings) -> None:
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
     tasks: list[asyncio.Task] = []
     try:
-        # Partitions exist before the first event is written.
+        # Partitions exist before the first event is written: if another consumer is creating
+        # them (members of a group start together), wait for it rather than write meanwhile.
         async with pool.acquire() as conn:
-            await run_maintenance(conn, retention_days=settings.retention_days)
+            await run_maintenance(conn, retention_days=settings.retention_days, wait=True)
         tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
         await runner.setup()
         await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()

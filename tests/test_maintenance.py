@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
 
+import asyncpg
 import pytest
 
 from consumer.store import prepare_connection, write_batch
 from tests.factories import encode, payload_tracker
 from tracker.events import parse_message
-from tracker.maintenance import existing_partitions, run_maintenance
+from tracker.db import init_connection
+from tracker.maintenance import _LOCK_KEY, create_partition, existing_partitions, run_maintenance
 
 TODAY = date(2026, 3, 10)
 
@@ -91,3 +94,42 @@ async def test_late_events_beyond_the_precreated_days_get_their_own_partition(db
     # Older than the retention window: no partition; retention deletes it from the default.
     assert await db.fetchval("SELECT count(*) FROM events_default") == 0
     assert await db.fetchval("SELECT count(*) FROM events") == 2
+
+
+async def test_a_starting_consumer_waits_for_the_partitions_another_is_creating(db, database_url):
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)  # another process is at it
+        waiting = asyncio.create_task(run_maintenance(db, retention_days=14, today=TODAY, wait=True))
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), "maintenance went on while another process held the lock"
+        third = await asyncpg.connect(database_url)
+        skipped = await run_maintenance(third, retention_days=14, today=TODAY)
+        await third.close()
+        assert skipped.created == []  # without wait: the round is skipped, as the periodic one is
+        await other.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        result = await asyncio.wait_for(waiting, 30)
+        assert TODAY in (await existing_partitions(db)).values() and result.created
+    finally:
+        await other.close()
+
+
+async def test_a_late_event_written_while_its_partition_is_created_lands_in_it(db, database_url):
+    late = TODAY - timedelta(days=100)
+    writer = await asyncpg.connect(database_url)
+    await init_connection(writer)
+    try:
+        # A writer's transaction puts a late event in events_default and is still open ...
+        transaction = writer.transaction()
+        await transaction.start()
+        await write(writer, [payload_tracker("late-writer", "svc", "received", at(late))])
+        creating = asyncio.create_task(create_partition(db, late))
+        await asyncio.sleep(0.5)
+        # ... when it commits, the partition is created without a check violation, with its row.
+        await transaction.commit()
+        await asyncio.wait_for(creating, 30)
+        await write(writer, [payload_tracker("late-after", "svc", "received", at(late, 13))])
+    finally:
+        await writer.close()
+    assert await db.fetchval(f"SELECT count(*) FROM events_{late:%Y%m%d}") == 2
+    assert await db.fetchval("SELECT count(*) FROM events_default") == 0

@@ -60,6 +60,11 @@ async def create_partition(conn: asyncpg.Connection, day: date) -> None:
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     end = start + timedelta(days=1)
     async with conn.transaction():
+        # Writers keep inserting late events meanwhile: one that reached events_default after the
+        # move and before the ATTACH would make the ATTACH fail (its row violates the new bound).
+        # This lock makes them wait until the partition is attached (a moment), then their rows
+        # go to it. Writers hold no lock this transaction waits for, so no cycle can form.
+        await conn.execute("LOCK TABLE events_default IN SHARE ROW EXCLUSIVE MODE")
         # The name comes from a date, and the bounds are literals of dates: nothing from input.
         await conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         moved = await conn.execute(
@@ -72,9 +77,15 @@ async def create_partition(conn: asyncpg.Connection, day: date) -> None:
 
 
 async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days_ahead: int = 3,
-                          today: date | None = None) -> MaintenanceResult:
+                          today: date | None = None, wait: bool = False) -> MaintenanceResult:
+    """Partitions for the retention window and a few days ahead, then retention. One process
+    at a time (an advisory lock): the others skip the round, or with ``wait`` (a consumer
+    starting, which must not write before the partitions exist) wait for it to end and then
+    find the work done."""
     today = today or datetime.now(timezone.utc).date()
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
         return MaintenanceResult([], [], 0)  # another process is at it
     try:
         existing = await existing_partitions(conn)
