@@ -38,11 +38,16 @@ log = logging.getLogger("tracker.consumer")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ParsedBatch:
-    records: dict[TopicPartition, list[ConsumerRecord]]
+    """What writing and committing a fetch needs, and no more: the messages themselves are
+    let go once parsed (kept, they were a third of a consumer's memory at its peak, with a
+    fetch being parsed while two wait for their writers and two are written)."""
+    offsets: dict[TopicPartition, int]   # per partition, the offset to commit (last + 1)
+    timestamps: list[int]                # the messages' Kafka timestamps (ms), for the event lag
+    count: int                           # messages
     events: list[Event]
-    dead: list[tuple[ConsumerRecord, Invalid]]
+    dead: list[tuple[ConsumerRecord, Invalid]]  # kept whole: a dead letter carries the message
 
 
 class Stopping(Exception):
@@ -148,8 +153,11 @@ class Sink:
                         raise RuntimeError("a writer ended before the consumer stopped")
                 if not batch:
                     continue
-                for writer, parsed in (await self.parse(batch)).items():
+                parts = await self.parse(batch)
+                del batch  # parsed: let the messages go before waiting for a writer
+                for writer, parsed in parts.items():
                     await self._hand_over(queues[writer], parsed, writers[writer])
+                del parts
             for queue, task in zip(queues, writers):
                 await self._hand_over(queue, None, task)
             for task in writers:
@@ -165,7 +173,14 @@ class Sink:
     @staticmethod
     async def _hand_over(queue: asyncio.Queue, item: "ParsedBatch | None", writer: asyncio.Task) -> None:
         """Queue ``item`` for ``writer``, or raise what the writer failed with while we waited."""
-        put = asyncio.ensure_future(queue.put(item))
+        async def put() -> None:
+            # Back when the writer has taken it: the loop then fetches and validates the next
+            # batch while this one is written, and no batch waits in between (memory: the
+            # consumer holds one batch per writer plus the one being validated).
+            await queue.put(item)
+            await queue.join()
+
+        put = asyncio.ensure_future(put())
         await asyncio.wait((put, writer), return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
             put.cancel()
@@ -174,7 +189,9 @@ class Sink:
 
     async def _writer(self, queue: asyncio.Queue, writer: int) -> None:
         while (parsed := await queue.get()) is not None:
+            queue.task_done()  # taken: see _hand_over
             await self.store(parsed, writer)
+        queue.task_done()
 
     async def report_lag(self, interval: float = 5.0) -> None:
         """Every few seconds: per partition, the high-water mark and what is not committed yet.
@@ -211,8 +228,10 @@ class Sink:
         for tp, records in batch.items():
             part = out.get(tp.partition % self.writers)
             if part is None:
-                part = out[tp.partition % self.writers] = ParsedBatch({}, [], [])
-            part.records[tp] = records
+                part = out[tp.partition % self.writers] = ParsedBatch({}, [], 0, [], [])
+            part.offsets[tp] = records[-1].offset + 1
+            part.timestamps.extend(record.timestamp for record in records)
+            part.count += len(records)
             events, dead = part.events, part.dead
             for record in records:
                 n += 1
@@ -234,8 +253,7 @@ class Sink:
             await self._store(parsed)
 
     async def _store(self, parsed: "ParsedBatch") -> None:
-        batch, events, dead = parsed.records, parsed.events, parsed.dead
-        count = sum(len(r) for r in batch.values())
+        events, dead, count = parsed.events, parsed.dead, parsed.count
 
         self._check_flood(count, len(dead))
         if dead:
@@ -253,15 +271,14 @@ class Sink:
         # Partitions revoked since the fetch are another consumer's now; it will find
         # these events already stored. Committing them would only be refused.
         assigned = self.consumer.assignment()
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if tp in assigned}
+        offsets = {tp: offset for tp, offset in parsed.offsets.items() if tp in assigned}
         if offsets:
             await self._commit(offsets)
             self.committed.update(offsets)
 
         now_ms = time.time() * 1000
         self.metrics.event_lag.observe_many(
-            max(0.0, (now_ms - record.timestamp) / 1000)
-            for records in batch.values() for record in records if record.timestamp and record.timestamp > 0)
+            max(0.0, (now_ms - timestamp) / 1000) for timestamp in parsed.timestamps if timestamp and timestamp > 0)
         self.metrics.record_batch(result)
         self.metrics.messages.labels("stored").inc(result.inserted)
         self.metrics.messages.labels("duplicate").inc(result.duplicates)
