@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from consumer import deadletter
 from tracker.events import ERROR_STATUSES
-from tracker.queries import compat, search, stats, traces
+from tracker.queries import compat, deadletters, search, stats, traces
 
 
 def queries(trace_id: str, account: str) -> list[tuple[str, str, list]]:
@@ -33,6 +34,8 @@ def queries(trace_id: str, account: str) -> list[tuple[str, str, list]]:
         ("GET /v1/payloads/{request_id}", f"SELECT {compat.STATUS_COLUMNS} FROM events WHERE trace_id = $1 "
                                           "ORDER BY ts ASC, ts, event_id LIMIT 10000", [trace_id]),
         ("GET /status/{trace_id}", compat.STATUS_API_EVENTS, [trace_id]),
+        ("GET /v1/dead-letters", deadletters.LIST, [None, None, None, None, None, 51]),
+        ("consumer: dead letters to publish", deadletter.PENDING, [1000]),
     ]
     for name, filters in (("service + status=failed, 24h", {"service": "service-07", "status": "failed"}),
                           ("account", {"account": account}), ("newest", {})):

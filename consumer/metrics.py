@@ -99,7 +99,7 @@ class ConsumerMetrics:
             "dead_lettered (invalid).", ["result"], registry=r)
         self.invalid = Counter(
             "tracker_consumer_invalid_messages_total",
-            "Invalid messages sent to the dead-letter topic, by reason.", ["reason"], registry=r)
+            "Invalid messages dead-lettered (recorded, then published to the dead-letter topic), by reason.", ["reason"], registry=r)
         self.batches = Counter("tracker_consumer_batches_total", "Batches committed.", registry=r)
         self.batch_size = Histogram("tracker_consumer_batch_size_messages", "Messages per batch.",
                                     buckets=_BATCH_BUCKETS, registry=r)
@@ -116,6 +116,10 @@ class ConsumerMetrics:
                                  "Unix time of the last offset commit.", registry=r)
         self.assigned_partitions = Gauge("tracker_consumer_assigned_partitions",
                                          "Partitions currently assigned to this consumer.", registry=r)
+        self.dead_letters_waiting = Gauge(
+            "tracker_consumer_dead_letters_waiting",
+            "1 while recorded dead letters wait to be published: the dead-letter topic refused one "
+            "(see the log); they are listed by GET /v1/dead-letters meanwhile.", registry=r)
         self.paused = Gauge("tracker_consumer_paused",
                             "1 while consumption waits for PostgreSQL or Kafka to come back.", registry=r)
         self.lag = Gauge("tracker_consumer_lag_messages",

@@ -26,7 +26,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from consumer.deadletter import send_dead_letters
+from consumer.deadletter import DeadLetter, dead_letter, publish_pending
 from consumer.metrics import ConsumerMetrics
 from consumer.store import write_batch
 from tracker.db import TRANSIENT_ERRORS
@@ -47,7 +47,7 @@ class ParsedBatch:
     timestamps: list[int]                # the messages' Kafka timestamps (ms), for the event lag
     count: int                           # messages
     events: list[Event]
-    dead: list[tuple[ConsumerRecord, Invalid]]  # kept whole: a dead letter carries the message
+    dead: list[DeadLetter]               # with the message: a dead letter carries it
 
 
 class Stopping(Exception):
@@ -107,6 +107,9 @@ class Sink:
         self.committed: dict[TopicPartition, int] = {}
         self.last_poll = time.monotonic()
         self.paused = False  # waiting for PostgreSQL or Kafka to come back
+        # Dead letters recorded but not on the dead-letter topic yet: a crash left some, or the
+        # topic refused one. True at start, so that the first round publishes any leftovers.
+        self.dead_letters_waiting = True
         # The producer's max_request_size: a dead letter is cut to fit it (deadletter.py).
         self.dead_letter_limit = dead_letter_limit
         # (messages, invalid) per recent batch, for TRACKER_DLQ_MAX_RATIO.
@@ -194,9 +197,12 @@ class Sink:
         queue.task_done()
 
     async def report_lag(self, interval: float = 5.0) -> None:
-        """Every few seconds: per partition, the high-water mark and what is not committed yet.
-        Runs apart from the batch loop so that lag still shows while writes are retried."""
+        """Every few seconds: per partition, the high-water mark and what is not committed yet,
+        and the dead letters still waiting, if any, published. Runs apart from the batch loop
+        so that lag still shows while writes are retried."""
         while not self.stop.is_set():
+            if self.dead_letters_waiting:
+                await self.publish_dead_letters()
             for tp in self.consumer.assignment():
                 highwater = self.consumer.highwater(tp)
                 if highwater is None:
@@ -243,7 +249,7 @@ class Sink:
                 if isinstance(parsed, Invalid):
                     log.debug("invalid message %s[%d]@%d: %s", record.topic, record.partition, record.offset,
                               parsed.detail)
-                    dead.append((record, parsed))
+                    dead.append(dead_letter(record, parsed, self.dead_letter_limit))
                 else:
                     events.append(parsed)
         return out
@@ -256,17 +262,14 @@ class Sink:
         events, dead, count = parsed.events, parsed.dead, parsed.count
 
         self._check_flood(count, len(dead))
-        if dead:
-            # Dead letters first: once offsets are committed the original is gone from our view.
-            await self._retrying("kafka", lambda: send_dead_letters(self.producer, self.settings.dlq_topic, dead,
-                                                                    limit=self.dead_letter_limit))
-            for _, invalid in dead:
-                self.metrics.invalid.labels(invalid.reason).inc()
-            log.warning("dead-lettered %d invalid message(s) of %d, first: %s", len(dead), count, dead[0][1].detail)
-
         started = time.perf_counter()
-        result = await self._retrying("database", lambda: self._write(events))
+        # The dead letters are recorded in the events' transaction: a crash cannot record one twice.
+        result = await self._retrying("database", lambda: self._write(events, dead))
         self.metrics.write_seconds.observe(time.perf_counter() - started)
+        if dead:
+            for letter in dead:
+                self.metrics.invalid.labels(letter.reason).inc()
+            log.warning("dead-lettered %d invalid message(s) of %d, first: %s", len(dead), count, dead[0].detail)
 
         # Partitions revoked since the fetch are another consumer's now; it will find
         # these events already stored. Committing them would only be refused.
@@ -275,6 +278,8 @@ class Sink:
         if offsets:
             await self._commit(offsets)
             self.committed.update(offsets)
+        if dead or self.dead_letters_waiting:
+            await self.publish_dead_letters()
 
         now_ms = time.time() * 1000
         self.metrics.event_lag.observe_many(
@@ -308,10 +313,30 @@ class Sink:
                 f"TRACKER_DLQ_MAX_RATIO={ratio}; stopping without dead-lettering or committing this batch "
                 f"(see tracker_consumer_invalid_messages_total by reason, fix the producer, then restart)")
 
-    async def _write(self, events: list[Event]):
+    async def publish_dead_letters(self) -> None:
+        """Feed the dead-letter topic from the table (consumer/deadletter.py). Kafka or PostgreSQL
+        unavailable: retried like a batch. A refusal no retry can fix (a record the topic will not
+        take): logged, flagged in tracker_consumer_dead_letters_waiting and tried again after the
+        next batch and every few seconds; the valid events keep flowing meanwhile, and the
+        dead letters are listed by the API."""
+        try:
+            await self._retrying("kafka", lambda: publish_pending(self.pool, self.producer,
+                                                                  self.settings.dlq_topic))
+        except Stopping:
+            return  # shutting down during an outage: the next start publishes them
+        except KafkaError as exc:  # not retriable: _retrying retried the rest
+            if not self.dead_letters_waiting:
+                log.error("the dead-letter topic %s refused a dead letter (%s: %s); it stays recorded in "
+                          "dead_letters and is tried again later", self.settings.dlq_topic, type(exc).__name__, exc)
+            self.dead_letters_waiting = True
+        else:
+            self.dead_letters_waiting = False
+        self.metrics.dead_letters_waiting.set(int(self.dead_letters_waiting))
+
+    async def _write(self, events: list[Event], dead: list[DeadLetter]):
         async with self.pool.acquire() as conn:
             try:
-                return await write_batch(conn, events)
+                return await write_batch(conn, events, dead)
             except BaseException:
                 # A connection interrupted mid-COPY can be left in a state asyncpg's pool does
                 # not detect; never reuse it. The pool opens a fresh one for the retry.
@@ -342,8 +367,7 @@ class Sink:
                 raise
             except (KafkaError, asyncio.TimeoutError, *TRANSIENT_ERRORS) as exc:
                 if not is_transient(exc):
-                    log.error("%s refused the batch (%s: %s); this cannot succeed on retry, exiting so that "
-                              "the batch is redelivered after a restart", target, type(exc).__name__, exc)
+                    log.error("%s refused (%s: %s); this cannot succeed on retry", target, type(exc).__name__, exc)
                     raise
                 if self.stop.is_set():
                     raise Stopping() from exc

@@ -40,6 +40,7 @@ from decimal import Decimal, localcontext
 
 import asyncpg
 
+from consumer.deadletter import DeadLetter, record_dead_letters
 from tracker.events import Event
 
 # The events table's columns, in the order of Event's fields: an Event is its own COPY record.
@@ -356,13 +357,17 @@ async def _write_state(conn: asyncpg.Connection, batch: Fold) -> StateChanges:
 _event_key = operator.itemgetter(Event._fields.index("event_id"), Event._fields.index("timestamp"))
 
 
-async def write_batch(conn: asyncpg.Connection, events: Sequence[Event]) -> BatchResult:
-    """Store ``events`` with the trace state and rollups they imply; one transaction."""
+async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
+                      dead_letters: Sequence[DeadLetter] = ()) -> BatchResult:
+    """Store ``events`` with the trace state and rollups they imply, and the batch's dead
+    letters; one transaction."""
     # A message sent twice within one batch: keep one (the key would refuse the other).
     unique = list({_event_key(e): e for e in events}.values())
     # Key order: two writers that share keys lock them in the same order.
     unique.sort(key=_event_key)
     async with conn.transaction():
+        # Keyed by their source position: other writers never hold those (another partition).
+        await record_dead_letters(conn, list(dead_letters))
         inserted = await _insert_events(conn, unique) if unique else []
         if not inserted:
             return BatchResult(0, len(events))

@@ -300,3 +300,37 @@ async def test_windows_are_exact_across_the_hourly_and_minute_rollups(db, api):
     assert sum(c["events"] for c in counts) == 14
     fine = (await api(f"/v1/stats/counts?lookback={lookback}&bucket=15m"))["data"]
     assert sum(c["events"] for c in fine) == 14
+
+
+async def test_dead_letters_are_listed_with_reason_origin_and_a_bounded_excerpt(db, api):
+    from aiokafka.structs import ConsumerRecord
+
+    from consumer.deadletter import dead_letter
+
+    def record(offset: int, value: bytes | None) -> ConsumerRecord:
+        return ConsumerRecord("t.events", 2, offset, 1_700_000_000_000 + offset, 0, b"key-%d" % offset, value,
+                              None, len(value or b""), len(value or b""), [])
+
+    values = [b"{not json", None, b'{"service": "x"}', b'{"big": "' + b"y" * 5000 + b'"}']
+    letters = [dead_letter(record(10 + i, v), parse_message(v, max_bytes=3000), limit=1 << 20)
+               for i, v in enumerate(values)]
+    await prepare_connection(db)
+    await write_batch(db, [], letters)
+    await write_batch(db, [], letters)  # the batch redelivered: recorded once
+
+    items = await walk(api, "/v1/dead-letters", limit=3)
+    assert [i["offset"] for i in items] == [13, 12, 11, 10]  # newest first, across pages
+    by_offset = {i["offset"]: i for i in items}
+    assert by_offset[10]["reason"] == "not_json" and by_offset[10]["excerpt"] == "{not json"
+    assert by_offset[11]["reason"] == "null_value" and by_offset[11]["excerpt"] is None
+    assert by_offset[12]["reason"] == "missing_field" and "request_id" in by_offset[12]["detail"]
+    big = by_offset[13]
+    assert big["reason"] == "too_large" and big["size"] == len(values[3])
+    assert len(big["excerpt"]) == 1000 and big["excerpt_truncated"] is True
+    assert big["topic"] == "t.events" and big["partition"] == 2 and big["key"] == "key-13"
+    assert big["message_at"].startswith("2023-11-14T22:13:20") and big["published"] is False
+    only = await api("/v1/dead-letters?reason=null_value")
+    assert [i["offset"] for i in only["data"]] == [11]
+    await api("/v1/dead-letters?reason=bogus", expect=400)
+    await api("/v1/dead-letters?cursor=" + base64.urlsafe_b64encode(b'["2024-01-01T00:00:00+00:00","x"]')
+              .decode().rstrip("="), expect=400)

@@ -88,10 +88,12 @@ async def test_a_dead_letter_larger_than_the_producer_takes_is_cut_to_fit_and_th
     assert consumer.alive
 
 
-async def test_a_refusal_no_retry_can_fix_exits_non_zero_and_leaves_the_batch_to_be_redelivered(
+async def test_a_dead_letter_the_topic_refuses_stays_recorded_and_is_published_once_it_takes_it(
         settings, launch, db, kafka_bootstrap):
     # The dead-letter topic takes 1,000-byte records only: the broker refuses the dead letter
-    # (MESSAGE_TOO_LARGE, not retriable). Retrying would stall the partition forever.
+    # (MESSAGE_TOO_LARGE, not retriable). Retrying at once would stall the partition forever;
+    # the dead letter is safe in dead_letters (recorded with its batch), so the valid events
+    # keep flowing, and it is published when the topic is fixed.
     dlq = f"test.small-dlq.{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -99,23 +101,32 @@ async def test_a_refusal_no_retry_can_fix_exits_non_zero_and_leaves_the_batch_to
         await admin.create_topics([NewTopic(dlq, 1, 1, topic_configs={"max.message.bytes": "1000"})])
         settings = dataclasses.replace(settings, dlq_topic=dlq, retry_max_seconds=1)
         invalid = b"{not json " + b"z" * 5000
-        await produce(kafka_bootstrap, settings.topic, [(b"k", invalid)])
-        consumer = await launch.consumer(settings, wait=False)
-        code = await asyncio.to_thread(consumer.proc.wait, 60)
-        assert code != 0
-        assert "cannot succeed on retry" in consumer.log()
-        partitions = [TopicPartition(settings.topic, p) for p in range(3)]
-        assert [await committed(kafka_bootstrap, settings.consumer_group, tp) for tp in partitions] == [None] * 3
+        good = good_messages("after-refusal", 5)
+        await produce(kafka_bootstrap, settings.topic, [(b"k", invalid)] + good)
+        consumer = await launch.consumer(settings)
+        await wait_stored(db, len(good), timeout=60, process=consumer)
+        metrics_url = f"http://{settings.consumer_host}:{settings.consumer_port}/metrics"
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            # Published after the batch commits: the refusal comes a moment after the events.
+            while "tracker_consumer_dead_letters_waiting 1.0" not in await (await session.get(metrics_url)).text():
+                assert time.monotonic() < deadline, "the refusal was never flagged"
+                await asyncio.sleep(0.2)
+        row = await db.fetchrow("SELECT reason, value, published_at FROM dead_letters")
+        assert row["reason"] == "not_json" and row["value"] == invalid and row["published_at"] is None
+        assert "refused a dead letter" in consumer.log() and consumer.alive
 
-        # Once the topic is fixed, a restart dead-letters the message and moves on.
+        # Once the topic takes it, the next round (every few seconds) publishes it, once.
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq,
                                                   configs={"max.message.bytes": "1000000"})])
-        good = good_messages("after-fix", 5)
-        await produce(kafka_bootstrap, settings.topic, good)
-        restarted = await launch.consumer(settings, name="restarted")
-        await wait_stored(db, len(good), timeout=60, process=restarted)
-        [dead] = await read_all(kafka_bootstrap, dlq, 1)
-        assert dead.value == invalid
+        [dead] = await read_all(kafka_bootstrap, dlq, 1, timeout=60)
+        assert dead.value == invalid and dict(dead.headers)["tracker.reason"] == b"not_json"
+        deadline = time.monotonic() + 30
+        while await db.fetchval("SELECT published_at FROM dead_letters") is None:
+            assert time.monotonic() < deadline, "published but not marked"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(6)  # another round or two: nothing more is sent
+        assert len(await read_all(kafka_bootstrap, dlq, 2, timeout=3)) == 1
     finally:
         await admin.close()
 

@@ -135,4 +135,6 @@ async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
         await conn.execute("DELETE FROM rollup_counts WHERE bucket < $1", cutoff)
         await conn.execute("DELETE FROM rollup_counts_hour WHERE bucket < $1", cutoff)
         await conn.execute("DELETE FROM rollup_elapsed WHERE bucket < $1", cutoff)
+        # Kept until they are on the dead-letter topic, whatever their age.
+        await conn.execute("DELETE FROM dead_letters WHERE received_at < $1 AND published_at IS NOT NULL", cutoff)
     return deleted
