@@ -61,6 +61,15 @@ async def wait_stored(db, count: int, timeout: float = 120, process=None) -> Non
     raise AssertionError(f"only {stored} of {count} events stored after {timeout}s")
 
 
+async def kill_at_shares(launch, settings, db, total: int, shares: tuple[float, ...]) -> None:
+    """Start a consumer and SIGKILL it when each share of ``total`` events is stored: killed
+    mid-ingest by construction, whatever the machine's speed."""
+    for round_, share in enumerate(shares):
+        consumer = await launch.consumer(settings, name=f"consumer-{round_}")
+        await wait_stored(db, int(total * share), process=consumer)
+        consumer.kill()
+
+
 async def assert_exactly_once(db, events: list[Event]) -> None:
     """Every valid event stored once, and every derived number equal to a from-scratch computation."""
     unique = {e.event_id for e in events}

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.factories import encode, payload_tracker
-from tests.ingest import assert_exactly_once, produce, valid_events, wait_stored, workload
+from tests.ingest import assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, workload
 from tests.test_end_to_end import read_all
 
 
@@ -24,11 +24,7 @@ async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, 
     settings = dataclasses.replace(settings, batch_max_records=300, log_level="INFO")
     await produce(kafka_bootstrap, settings.topic, messages)
     total = len({e.event_id for e in events})
-    # Killed when a measured share is stored, whatever the machine's speed: mid-ingest by construction.
-    for round_, share in enumerate((0.1, 0.3, 0.5, 0.7)):
-        consumer = await launch.consumer(settings, name=f"consumer-{round_}")
-        await wait_stored(db, int(total * share), process=consumer)
-        consumer.kill()
+    await kill_at_shares(launch, settings, db, total, (0.1, 0.3, 0.5, 0.7))
     stored_before_last = await db.fetchval("SELECT count(*) FROM events")
     consumer = await launch.consumer(settings, name="consumer-last")
     await wait_stored(db, total, process=consumer)
@@ -204,10 +200,7 @@ async def test_kill_9_mid_ingest_records_each_dead_letter_once_and_publishes_the
     settings = dataclasses.replace(settings, batch_max_records=100, log_level="INFO")
     await produce(kafka_bootstrap, settings.topic, messages)
     total = len({e.event_id for e in events})
-    for round_, share in enumerate((0.2, 0.4, 0.6, 0.8)):
-        consumer = await launch.consumer(settings, name=f"consumer-{round_}")
-        await wait_stored(db, int(total * share), process=consumer)
-        consumer.kill()
+    await kill_at_shares(launch, settings, db, total, (0.2, 0.4, 0.6, 0.8))
     consumer = await launch.consumer(settings, name="consumer-last")
     await wait_stored(db, total, process=consumer)
     deadline = time.monotonic() + 60
