@@ -68,7 +68,8 @@ def dead_letter(record: ConsumerRecord, invalid: Invalid, limit: int) -> DeadLet
     producer's max_request_size, also the topics' max.message.bytes, see
     tracker.topics.record_limit). A cut value keeps its head, and a header gives the original
     length, so that the message can still be recognised and inspected."""
-    at = datetime.fromtimestamp(record.timestamp / 1000, timezone.utc) if record.timestamp >= 0 else None
+    known = record.timestamp is not None and record.timestamp >= 0  # None or -1: the producer gave none
+    at = datetime.fromtimestamp(record.timestamp / 1000, timezone.utc) if known else None
     letter = DeadLetter(record.topic, record.partition, record.offset, at, invalid.reason,
                         invalid.detail[:DETAIL_CHARS], record.key, record.value,
                         None if record.value is None else len(record.value))

@@ -22,6 +22,7 @@ This process is only the parent:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -141,7 +142,7 @@ async def _supervise(settings: Settings, members: list[Member]) -> int:
 async def _stop_members(members: list[Member]) -> None:
     for member in members:
         if member.exit_code is None:
-            with _ignore_gone():
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(member.pid, signal.SIGTERM)
     deadline = asyncio.get_running_loop().time() + STOP_GRACE_SECONDS
     while True:
@@ -153,18 +154,10 @@ async def _stop_members(members: list[Member]) -> None:
                 if member.exit_code is None:
                     log.error("consumer process %d did not stop in %.0fs; killing it", member.index,
                               STOP_GRACE_SECONDS)
-                    with _ignore_gone():
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(member.pid, signal.SIGKILL)
             deadline = float("inf")
         await asyncio.sleep(0.1)
-
-
-class _ignore_gone:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is ProcessLookupError
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:

@@ -25,5 +25,16 @@ def decode(cursor: str) -> tuple[datetime, str]:
             raise ValueError
         return parsed, event_id
     except (ValueError, TypeError):
-        raise BadCursor("cursor is not one this API returned; pass next_cursor from the previous page "
-                        "unchanged, or leave it out to start at the first page") from None
+        raise BadCursor(_NOT_OURS) from None
+
+
+def decode_numbered(cursor: str) -> tuple[datetime, int]:
+    """A cursor whose key is a row number (a bigint id) rather than a text id."""
+    ts, key = decode(cursor)
+    if not (key.isdigit() and len(key) <= 18):  # within bigint
+        raise BadCursor(_NOT_OURS)
+    return ts, int(key)
+
+
+_NOT_OURS = ("cursor is not one this API returned; pass next_cursor from the previous page unchanged, "
+             "or leave it out to start at the first page")

@@ -14,14 +14,8 @@ EXCERPT_CHARS = 1000
 
 
 def _after(cursor: str | None):
-    if not cursor:
-        return None
     try:
-        at, id_ = cursors.decode(cursor)
-        if not (id_.isdigit() and len(id_) <= 18):
-            raise cursors.BadCursor("cursor is not one this API returned; pass next_cursor from the previous "
-                                    "page unchanged, or leave it out to start at the first page")
-        return at, int(id_)
+        return cursors.decode_numbered(cursor) if cursor else None
     except cursors.BadCursor as exc:
         raise bad_request(str(exc)) from None
 
