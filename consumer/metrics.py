@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
@@ -48,38 +48,49 @@ class BatchHistogram:
 
     prometheus_client's Histogram takes one value per call (a lock and a loop over the buckets
     each time): per message on the hot path it was ~2 % of the consumer's CPU (bench/ingest's
-    profile). Here a batch is counted with bisect under one lock; collect() exports the same
-    _bucket/_sum/_count series through the library's public custom-collector interface.
+    profile). Here a batch is counted with bisect under one lock, per label values;
+    collect() exports the same _bucket/_sum/_count series through the library's public
+    custom-collector interface. A labelled series appears with its first observation, as
+    prometheus_client's do; an unlabelled one is exported from the start.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry) -> None:
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry,
+                 labelnames: Sequence[str] = ()) -> None:
         self.name, self.documentation = name, documentation
+        self.labelnames = tuple(labelnames)
         self.bounds = [float(b) for b in buckets]
-        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self._sum = 0.0
+        # label values -> bucket counts (the last one is +Inf) and the sum
+        self._series: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        if not self.labelnames:
+            self._series[()] = ([0] * (len(self.bounds) + 1), 0.0)
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: Iterable[float]) -> None:
-        bounds, counts, total = self.bounds, [0] * len(self._counts), 0.0
+    def observe_many(self, values: Iterable[float], labels: tuple[str, ...] = ()) -> None:
+        if len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {labels}")
+        bounds, counts, total = self.bounds, [0] * (len(self.bounds) + 1), 0.0
         for value in values:
             counts[bisect.bisect_left(bounds, value)] += 1  # buckets are "less than or equal"
             total += value
         with self._lock:
-            self._counts = [a + b for a, b in zip(self._counts, counts)]
-            self._sum += total
+            old_counts, old_total = self._series.get(labels) or ([0] * len(counts), 0.0)
+            self._series[labels] = ([a + b for a, b in zip(old_counts, counts)], old_total + total)
 
     def describe(self):
-        yield HistogramMetricFamily(self.name, self.documentation)
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self):
         with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, buckets = 0, []
-        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts):
-            cumulative += n
-            buckets.append((bound, cumulative))
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+            series = list(self._series.items())
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, (counts, total) in series:
+            cumulative, buckets = 0, []
+            for bound, n in zip([*map(str, self.bounds), "+Inf"], counts):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            family.add_metric(list(labels), buckets, sum_value=total)
+        yield family
 
 
 class ConsumerMetrics:
@@ -131,13 +142,13 @@ class ConsumerMetrics:
         # Business metrics: bounded labels only (see LabelBounder), never a trace or event id.
         self.events = Counter("tracker_events_total", "New events stored, by service and status.",
                               ["service", "status"], registry=r)
-        self.service_elapsed = Histogram(
+        self.service_elapsed = BatchHistogram(
             "tracker_service_elapsed_seconds",
             "Per service and trace: from its first event to its first outcome (success or error).",
-            ["service", "outcome"], buckets=_ELAPSED_BUCKETS, registry=r)
-        self.trace_elapsed = Histogram("tracker_trace_elapsed_seconds",
-                                       "Per trace: from its first event to its finishing event.", ["outcome"],
-                                       buckets=_ELAPSED_BUCKETS, registry=r)
+            _ELAPSED_BUCKETS, r, ["service", "outcome"])
+        self.trace_elapsed = BatchHistogram("tracker_trace_elapsed_seconds",
+                                            "Per trace: from its first event to its finishing event.",
+                                            _ELAPSED_BUCKETS, r, ["outcome"])
         self.traces_finished = Counter("tracker_traces_finished_total", "Traces finished, by outcome.",
                                        ["outcome"], registry=r)
         for outcome in ("success", "error"):
@@ -153,10 +164,15 @@ class ConsumerMetrics:
         rollups are the exact figures, these are for rates and alerting)."""
         for service, status, n in result.counts:
             self.events.labels(self.service_label(service), self.status_label(status)).inc(n)
+        # One observe_many per series: the values of a batch counted together.
+        values: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         for kind, service, failed, seconds in result.elapsed:
             outcome = "error" if failed else "success"
+            labels = (self.service_label(service), outcome) if kind == "service" else (outcome,)
+            values.setdefault((kind, labels), []).append(seconds)
+        for (kind, labels), series in values.items():
             if kind == "service":
-                self.service_elapsed.labels(self.service_label(service), outcome).observe(seconds)
+                self.service_elapsed.observe_many(series, labels)
             else:
-                self.trace_elapsed.labels(outcome).observe(seconds)
-                self.traces_finished.labels(outcome).inc()
+                self.trace_elapsed.observe_many(series, labels)
+                self.traces_finished.labels(*labels).inc(len(series))

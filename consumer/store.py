@@ -35,12 +35,13 @@ import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
 
 import asyncpg
 
 from consumer.deadletter import DeadLetter, record_dead_letters
+from tracker.db import use_fast_timestamps
 from tracker.events import Event
 
 # The events table's columns, in the order of Event's fields: an Event is its own COPY record.
@@ -141,15 +142,32 @@ class BatchResult:
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """A connection that writes batches: its staging table, and timestamps encoded cheaply."""
+    await use_fast_timestamps(conn)
     await conn.execute(CREATE_STAGING)
 
 
-def _minute(ts: datetime) -> datetime:
-    return ts.replace(second=0, microsecond=0)
+def _floor(unit: timedelta, **zero: int):
+    """A function: a time truncated to its whole minute or hour (UTC, as every time here is).
+
+    It remembers the last unit it returned: a batch comes nearly in time order, so most calls
+    are two comparisons instead of datetime.replace, which takes ~1 µs in CPython 3.11 and was
+    the costliest call per event in fold (bench/ingest's profile). No await inside: writers
+    sharing it cannot interleave."""
+    start = end = datetime.max.replace(tzinfo=timezone.utc)
+
+    def floor(ts: datetime) -> datetime:
+        nonlocal start, end
+        if start <= ts < end:
+            return start
+        start = ts.replace(**zero)
+        end = start + unit
+        return start
+    return floor
 
 
-def _hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
+_minute = _floor(timedelta(minutes=1), second=0, microsecond=0)
+_hour = _floor(timedelta(hours=1), minute=0, second=0, microsecond=0)
 
 
 # Indexes into the folded rows (lists, mutated in place: this runs for every event).

@@ -193,3 +193,43 @@ async def test_a_static_member_restarted_after_kill_9_gets_its_partitions_back_a
     restarted = await launch.consumer(settings, name="restarted")
     await produce(kafka_bootstrap, settings.topic, good_messages("static-b", 10))
     await wait_stored(db, 20, timeout=30, process=restarted)
+
+
+def test_elapsed_histograms_count_a_batch_per_service_and_outcome_as_prometheus_would():
+    """record_batch counts a batch's elapsed times at once (consumer/metrics.py); the exposition
+    is what a prometheus_client Histogram observing them one by one would export."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from consumer.metrics import _ELAPSED_BUCKETS, ConsumerMetrics
+    from consumer.store import BatchResult
+
+    elapsed = [("service", "ingress", False, 0.02), ("service", "ingress", False, 0.02),
+               ("service", "ingress", True, 7.0), ("service", "copy", False, 86400.0),
+               ("service", "copy", False, 1e6), ("trace", "", False, 3.0), ("trace", "", True, 0.004),
+               ("trace", "", False, 60.0)]
+    metrics = ConsumerMetrics(max_services=1)  # "copy" is over the bound: counted as "other"
+    metrics.record_batch(BatchResult(7, 0, [], elapsed[:4]))
+    metrics.record_batch(BatchResult(3, 0, [], elapsed[4:]))
+
+    reference = CollectorRegistry()
+    service = Histogram("tracker_service_elapsed_seconds", "", ["service", "outcome"],
+                        buckets=_ELAPSED_BUCKETS, registry=reference)
+    trace = Histogram("tracker_trace_elapsed_seconds", "", ["outcome"], buckets=_ELAPSED_BUCKETS, registry=reference)
+    for kind, name, failed, seconds in elapsed:
+        outcome = "error" if failed else "success"
+        if kind == "service":
+            service.labels("ingress" if name == "ingress" else "other", outcome).observe(seconds)
+        else:
+            trace.labels(outcome).observe(seconds)
+
+    def samples(registry, name: str) -> set:
+        families = text_string_to_metric_families(generate_latest(registry).decode())
+        return {(s.name, tuple(sorted(s.labels.items())), s.value) for f in families if f.name == name
+                for s in f.samples if not s.name.endswith("_created")}
+
+    for name in ("tracker_service_elapsed_seconds", "tracker_trace_elapsed_seconds"):
+        assert samples(metrics.registry, name) == samples(reference, name) != set()
+    finished = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(
+        generate_latest(metrics.registry).decode()) if f.name == "tracker_traces_finished" for s in f.samples
+        if s.name == "tracker_traces_finished_total"}
+    assert finished == {"success": 2, "error": 1}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
+import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consumer.store import prepare_connection, write_batch
@@ -13,6 +15,7 @@ from tests.factories import (
     BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event, with_status_step,
 )
 from tests.reference import expected_rollups, expected_state, stored_rollups, stored_state
+from tracker.db import use_fast_timestamps
 from tracker.events import Event, parse_message
 
 
@@ -234,3 +237,29 @@ async def test_a_writer_that_loses_the_race_to_create_a_trace_merges_with_the_wi
     finally:
         for conn in (first, second):
             await conn.close()
+
+
+async def test_the_writers_timestamp_codec_reads_and_writes_what_asyncpgs_own_does(database_url):
+    """The consumer's connections encode timestamptz themselves (tracker/db.py, for speed): every
+    value, offsets, microseconds, before 2000 and infinity, means the same to PostgreSQL and comes
+    back the same as through asyncpg's codec; a naive time is refused, never taken as local time."""
+    utc = timezone.utc
+    values = [BASE, BASE + timedelta(microseconds=1), datetime(1999, 12, 31, 23, 59, 59, 999999, utc),
+              datetime(1970, 1, 1, tzinfo=utc), datetime(1, 1, 1, tzinfo=utc), datetime(9999, 12, 31, 23, 59, tzinfo=utc),
+              datetime(2024, 5, 1, 10, 45, 0, 123456, timezone(timedelta(hours=5, minutes=30))),
+              datetime.max.replace(tzinfo=utc), datetime.min.replace(tzinfo=utc), datetime.max, datetime.min]
+    fast, plain = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        await use_fast_timestamps(fast)
+        query = "SELECT $1::timestamptz::text, $1::timestamptz, $2::timestamptz[]"
+        for value in values:
+            got, want = await fast.fetchrow(query, value, [value]), await plain.fetchrow(query, value, [value])
+            assert tuple(got) == tuple(want), value
+        rendered = "SELECT x::timestamptz FROM unnest($1::text[]) AS x"
+        texts = ["infinity", "-infinity", "2000-01-01 00:00:00+00", "1969-07-20 20:17:40.5+00"]
+        assert await fast.fetch(rendered, texts) == await plain.fetch(rendered, texts)
+        with pytest.raises(asyncpg.DataError, match="offset-naive"):
+            await fast.fetchval("SELECT $1::timestamptz", datetime(2024, 5, 1))
+    finally:
+        await fast.close()
+        await plain.close()
