@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -15,32 +14,28 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 
-from tracker.devservices.kafka import LocalKafka
-from tracker.devservices.postgres import LocalPostgres, create_database
+from tracker.devservices import services as devservices
+from tracker.devservices.postgres import create_database
 from tracker.migrate import migrate
+from tracker.settings import Settings
 
 SERVICES = [f"service-{i:02d}" for i in range(20)]
 
 
 @contextlib.contextmanager
 def services(postgres: bool = True):
-    """(kafka bootstrap, postgres admin URL): from the environment, or local ones for this run."""
-    kafka_env, db_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
+    """(kafka bootstrap, postgres admin URL): the configured ones, or local ones for this run."""
+    settings = Settings.from_env()
     state = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
     state.chmod(0o755)
-    pg = kafka = None
     try:
-        if postgres and not db_env:
+        with contextlib.ExitStack() as started:
             # Durable settings (fsync on): the numbers are what a real server would give.
-            pg = LocalPostgres(state / "postgres", durable=True).start()
-        if not kafka_env:
-            kafka = LocalKafka(state / "kafka", heap="1g").start()
-        yield (kafka_env or kafka.bootstrap_servers), (db_env or (pg.url if pg else None))
+            pg = started.enter_context(devservices.postgres(settings, state / "postgres", durable=True)) \
+                if postgres else None
+            kafka = started.enter_context(devservices.kafka(settings, state / "kafka", heap="1g"))
+            yield kafka.bootstrap_servers, (pg.url if pg else None)
     finally:
-        if kafka:
-            kafka.stop()
-        if pg:
-            pg.stop()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -52,7 +52,7 @@ from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import drop_database
 from tracker.events import Event, parse_message
-from tracker.settings import ENVIRONMENT, Settings
+from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,11 +92,8 @@ async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) ->
 
 
 def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
-    ours = {var for var, _ in ENVIRONMENT.values()}
-    env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update(settings.as_environ())
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "consumer"], env=env, cwd=ROOT, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "consumer"], env=settings.child_environ(), cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import shutil
@@ -40,7 +39,7 @@ from tracker.devservices.postgres import LocalPostgres, create_database, databas
 from tracker.maintenance import create_partition, existing_partitions, partition_name
 from tracker.migrate import migrate
 from tracker.queries.traces import TRACE_DOCUMENT
-from tracker.settings import ENVIRONMENT, Settings
+from tracker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = 14
@@ -249,9 +248,7 @@ def main() -> None:
 
         port = free_port()
         settings = Settings.from_env({}, database_url=url, api_port=port, log_level="WARNING")
-        ours = {var for var, _ in ENVIRONMENT.values()}
-        env = {k: v for k, v in os.environ.items() if k not in ours} | settings.as_environ()
-        api = subprocess.Popen([sys.executable, "-m", "tracker.api"], env=env, cwd=ROOT,
+        api = subprocess.Popen([sys.executable, "-m", "tracker.api"], env=settings.child_environ(), cwd=ROOT,
                                stdout=open(state / "api.log", "ab"), stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from tracker.devservices.ports import free_port
-from tracker.settings import ENVIRONMENT
+from tracker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _fresh_env(state: Path) -> tuple[dict[str, str], int, int]:
     """Our environment with no Kafka and no database configured, ports and state of its own."""
     api_port, consumer_port = free_port(), free_port()
-    ours = {var for var, _ in ENVIRONMENT.values()}
-    env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update(TRACKER_STATE_DIR=str(state), TRACKER_API_PORT=str(api_port),
-               TRACKER_CONSUMER_PORT=str(consumer_port), TRACKER_API_URL=f"http://127.0.0.1:{api_port}")
-    return env, api_port, consumer_port
+    ours = Settings.from_env()
+    settings = Settings.from_env({}, state_dir=str(state), api_port=api_port, consumer_port=consumer_port,
+                                 api_url=f"http://127.0.0.1:{api_port}",
+                                 java_home=ours.java_home, cache_home=ours.cache_home)
+    return settings.child_environ(), api_port, consumer_port
 
 
 def _listening(port: int) -> bool:

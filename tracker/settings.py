@@ -1,7 +1,7 @@
 """The one settings object. Read from the environment once, frozen, passed in.
 
-Nothing else in the project reads ``os.environ`` (the dev-services module only
-passes the environment through to the processes it starts).
+Nothing else in the project reads ``os.environ``: a child process gets its environment
+from ``Settings.child_environ``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "log_level": ("TRACKER_LOG_LEVEL", "INFO"),
     "state_dir": ("TRACKER_STATE_DIR", ".tracker"),
     "api_url": ("TRACKER_API_URL", "http://127.0.0.1:8080"),
+    # The local Kafka of bin/run and the tests only: which Java, and where its jars are cached.
+    "java_home": ("JAVA_HOME", None),
+    "cache_home": ("XDG_CACHE_HOME", None),
 }
 
 class SettingsError(ValueError):
@@ -101,6 +104,8 @@ class Settings:
     log_level: str
     state_dir: str
     api_url: str
+    java_home: str | None
+    cache_home: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -129,10 +134,18 @@ class Settings:
         return out
 
     def as_environ(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process."""
+        """The environment variables that reproduce these settings in a child process."""
         out = {}
         for field, (var, _) in ENVIRONMENT.items():
             value = getattr(self, field)
             if value is not None:
                 out[var] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
+
+    def child_environ(self, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A child process's whole environment: ours (PATH, locale, ...) without any of our
+        variables, then these settings' own, so that the child sees exactly what this process
+        resolved and not a stale value left in the caller's environment."""
+        inherited = os.environ if inherited is None else inherited
+        ours = {var for var, _ in ENVIRONMENT.values()}
+        return {**{k: v for k, v in inherited.items() if k not in ours}, **self.as_environ()}

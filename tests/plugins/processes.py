@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tracker.settings import ENVIRONMENT, Settings
+from tracker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,20 +68,13 @@ class Process:
         raise AssertionError(f"{self.name} did not answer {url} within {timeout}s:\n{self.log()[-4000:]}")
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    ours = {var for var, _ in ENVIRONMENT.values()}
-    env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update(settings.as_environ())
-    return env
-
-
 class Launcher:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.started: list[Process] = []
 
     async def consumer(self, settings: Settings, name: str = "consumer", wait: bool = True) -> Process:
-        proc = Process(name, [sys.executable, "-m", "consumer"], child_env(settings),
+        proc = Process(name, [sys.executable, "-m", "consumer"], settings.child_environ(),
                        self.tmp_path / f"{name}.log").start()
         self.started.append(proc)
         if wait:
@@ -90,7 +82,7 @@ class Launcher:
         return proc
 
     async def api(self, settings: Settings, name: str = "api") -> Process:
-        proc = Process(name, [sys.executable, "-m", "tracker.api"], child_env(settings),
+        proc = Process(name, [sys.executable, "-m", "tracker.api"], settings.child_environ(),
                        self.tmp_path / f"{name}.log").start()
         self.started.append(proc)
         await proc.wait_http(f"{settings.api_url}/healthz")

@@ -5,7 +5,6 @@ its own database (a clone of a migrated template)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 import uuid
@@ -15,9 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tracker.devservices.kafka import LocalKafka
+from tracker.devservices import services as devservices
 from tracker.devservices.ports import free_port
-from tracker.devservices.postgres import LocalPostgres, create_database, drop_database
+from tracker.devservices.postgres import create_database, drop_database
 from tracker.maintenance import run_maintenance
 from tracker.migrate import migrate
 from tracker.settings import Settings
@@ -34,35 +33,39 @@ def services_dir():
 
 
 @pytest.fixture(scope="session")
-def local_postgres(services_dir):
-    """The suite's own PostgreSQL, or None when DATABASE_URL names one."""
-    if os.environ.get("DATABASE_URL"):
-        yield None
-        return
-    server = LocalPostgres(services_dir / "postgres", durable=False).start()
-    yield server
-    server.stop()
+def postgres_service(services_dir):
+    """DATABASE_URL's server, or the suite's own (fsync off: nothing here must survive a power cut)."""
+    with devservices.postgres(Settings.from_env(), services_dir / "postgres", durable=False) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")
-def local_kafka(services_dir):
-    """The suite's own Kafka broker, or None when KAFKA_BOOTSTRAP_SERVERS names one."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield None
-        return
-    broker = LocalKafka(services_dir / "kafka", heap="512m").start()
-    yield broker
-    broker.stop()
+def kafka_service(services_dir):
+    """KAFKA_BOOTSTRAP_SERVERS' broker, or the suite's own."""
+    with devservices.kafka(Settings.from_env(), services_dir / "kafka", heap="512m") as service:
+        yield service
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(local_postgres) -> str:
-    return local_postgres.url if local_postgres else os.environ["DATABASE_URL"]
+def local_postgres(postgres_service):
+    """The suite's own PostgreSQL, to stop and restart; None when DATABASE_URL names one."""
+    return postgres_service.local
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(local_kafka) -> str:
-    return local_kafka.bootstrap_servers if local_kafka else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+def local_kafka(kafka_service):
+    """The suite's own Kafka broker, to restart; None when KAFKA_BOOTSTRAP_SERVERS names one."""
+    return kafka_service.local
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(postgres_service) -> str:
+    return postgres_service.url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_service) -> str:
+    return kafka_service.bootstrap_servers
 
 
 # Test events are dated 2026-01-01 and on: nothing of them may expire.

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from tracker.devservices.ports import free_port
-from tracker.devservices.postgres import tail
+from tracker.devservices.logs import tail
 
 log = logging.getLogger("tracker.devservices.kafka")
 
@@ -28,17 +28,13 @@ POM = HERE / "pom.xml"
 LOG4J2 = HERE / "log4j2.properties"
 
 
-def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tracker"
-
-
-def kafka_classpath() -> str:
-    """The broker's classpath, resolved by Maven once and cached by pom.xml's content."""
+def kafka_classpath(cache_home: str | None = None) -> str:
+    """The broker's classpath, resolved by Maven once and cached by pom.xml's content under
+    ``cache_home`` (XDG_CACHE_HOME, default ~/.cache)."""
     import hashlib
 
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
-    cp_file = cache_dir() / f"kafka-classpath-{digest}.txt"
+    cp_file = Path(cache_home or Path.home() / ".cache") / "tracker" / f"kafka-classpath-{digest}.txt"
     if cp_file.exists():
         classpath = cp_file.read_text().strip()
         if all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
@@ -67,8 +63,10 @@ def _cluster_id() -> str:
 class LocalKafka:
     """One combined broker + controller on 127.0.0.1, data in ``state_dir``."""
 
-    def __init__(self, state_dir: Path, *, heap: str = "768m") -> None:
+    def __init__(self, state_dir: Path, *, heap: str = "768m", java_home: str | None = None,
+                 cache_home: str | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.java_home, self.cache_home = java_home, cache_home
         self.log_dirs = self.state_dir / "data"
         self.config_file = self.state_dir / "server.properties"
         self.log_file = self.state_dir / "server.log"
@@ -109,9 +107,8 @@ class LocalKafka:
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _java(self) -> str:
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and Path(java_home, "bin", "java").exists():
-            return str(Path(java_home, "bin", "java"))
+        if self.java_home and Path(self.java_home, "bin", "java").exists():
+            return str(Path(self.java_home, "bin", "java"))
         java = shutil.which("java")
         if not java:
             raise RuntimeError("a Java runtime (java) is needed to run the local Kafka broker")
@@ -119,7 +116,7 @@ class LocalKafka:
 
     def start(self, timeout: float = 120.0, on_launch=None) -> "LocalKafka":
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._classpath = kafka_classpath()
+        self._classpath = kafka_classpath(self.cache_home)
         self.port, self.controller_port = free_port(), free_port()
         self._write_config()
         java = self._java()
@@ -149,7 +146,6 @@ class LocalKafka:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
         # "connection refused" is expected until the broker listens; don't log it as an error.
         quiet = logging.getLogger("aiokafka")
         saved_level, quiet.level = quiet.level, logging.CRITICAL

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tracker.devservices.logs import tail
 from tracker.devservices.ports import free_port
 
 log = logging.getLogger("tracker.devservices.postgres")
@@ -115,13 +116,6 @@ class LocalPostgres:
         """Stop, then start again on the same port (the failure tests use this)."""
         self.stop()
         self._pg_ctl_start()
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def database_url(admin_url: str, name: str) -> str:

@@ -9,9 +9,9 @@ everything is, and on Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import os
 import shlex
 import signal
 import subprocess
@@ -20,11 +20,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tracker.devservices.kafka import LocalKafka
-from tracker.devservices.postgres import LocalPostgres, create_database
+from tracker.devservices import services as devservices
+from tracker.devservices.postgres import create_database
 from tracker.devservices.watchdog import Watchdog
 from tracker.migrate import migrate
-from tracker.settings import ENVIRONMENT, Settings
+from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
 log = logging.getLogger("tracker.up")
@@ -49,8 +49,7 @@ class Stack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = Path(settings.state_dir).resolve()
-        self.postgres: LocalPostgres | None = None
-        self.kafka: LocalKafka | None = None
+        self.services = contextlib.ExitStack()  # the local Kafka/PostgreSQL started, stopped in reverse
         self.processes: list[subprocess.Popen] = []
         # Started first: from here on, nothing we start outlives us (see watchdog.py).
         self.watchdog = Watchdog(self.state / "logs" / "watchdog.log")
@@ -58,15 +57,13 @@ class Stack:
     def start_services(self) -> Settings:
         """Start local Kafka/PostgreSQL where none is configured; migrate; create topics."""
         settings = self.settings
-        if not settings.database_url:
-            self.postgres = LocalPostgres(self.state / "postgres")
-            self.watchdog.watch_pidfile(self.postgres.data_dir / "postmaster.pid", signal.SIGINT)  # fast shutdown
-            self.postgres.start()
-            url = asyncio.run(create_database(self.postgres.url, "tracker", if_missing=True))
+        pg = self.services.enter_context(devservices.postgres(settings, self.state / "postgres",
+                                                              watchdog=self.watchdog))
+        if pg.local is not None:
+            url = asyncio.run(create_database(pg.url, "tracker", if_missing=True))
             settings = dataclasses.replace(settings, database_url=url)
-        if not settings.kafka_bootstrap_servers:
-            self.kafka = LocalKafka(self.state / "kafka").start(on_launch=self.watchdog.watch_pid)
-            settings = dataclasses.replace(settings, kafka_bootstrap_servers=self.kafka.bootstrap_servers)
+        kafka = self.services.enter_context(devservices.kafka(settings, self.state / "kafka", watchdog=self.watchdog))
+        settings = dataclasses.replace(settings, kafka_bootstrap_servers=kafka.bootstrap_servers)
         applied = asyncio.run(migrate(settings.database_url))
         log.info("migrations applied: %s", applied or "none needed")
         asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
@@ -76,7 +73,7 @@ class Stack:
         return settings
 
     def start_processes(self) -> None:
-        env = {**_base_env(), **self.settings.as_environ()}
+        env = self.settings.child_environ()
         logs = self.state / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for module, log_name in (("consumer", "consumer.log"), ("tracker.api", "api.log")):
@@ -140,10 +137,7 @@ class Stack:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if self.kafka:
-            self.kafka.stop()
-        if self.postgres:
-            self.postgres.stop()
+        self.services.close()
         self.watchdog.done()
 
 
@@ -154,13 +148,6 @@ def _say(text: str, stream=None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
     except (BrokenPipeError, OSError):
         pass
-
-
-def _base_env() -> dict[str, str]:
-    # Pass through the caller's environment (PATH, locale, ...), minus our own settings,
-    # which come from the Settings object so that children see exactly what we resolved.
-    ours = {var for var, _ in ENVIRONMENT.values()}
-    return {k: v for k, v in os.environ.items() if k not in ours}
 
 
 def up(settings: Settings) -> int:
