@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from consumer.store import prepare_connection, write_batch
-from tests.factories import encode, payload_tracker, pipeline_trace, status_api, tracker_event
+from tests.helpers.factories import encode, payload_tracker, pipeline_trace, status_api, tracker_event
 from tracker.events import Event, parse_message
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings as hypothesis_settings
 from schemathesis.checks import positive_data_acceptance
 
 from consumer.store import prepare_connection, write_batch
-from tests.factories import encode, pipeline_trace, status_api
+from tests.helpers.factories import encode, pipeline_trace, status_api
 from tests.plugins.processes import Launcher
 from tracker.api.params import EPOCH, duration
 from tracker.api.problems import ProblemException

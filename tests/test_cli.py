@@ -9,10 +9,10 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 
-from tests.factories import encode, payload_tracker
-from tests.ingest import produce, wait_stored
-from tests.plugins.processes import child_env
-from tests.test_end_to_end import read_all, wait_for_trace
+from tests.helpers.factories import encode, payload_tracker
+from tests.helpers.ingest import produce, wait_stored
+from tests.helpers.api import wait_for_trace
+from tests.helpers.kafka import read_all
 from tracker.cli import printable
 
 
@@ -27,7 +27,7 @@ async def test_watch_waits_for_a_trace_whose_first_event_is_not_stored_yet(setti
     # Started before anything is sent: the Status API's flow (upload, get the id, watch).
     watch = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tracker.cli", "status", "late-1", "--watch", "--interval", "0.2", "--wait", "60",
-        env=child_env(settings), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        env=settings.child_environ(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     await asyncio.sleep(2)
     assert watch.returncode is None, "--watch gave up before the first event"
     now = datetime.now(timezone.utc)
@@ -49,7 +49,7 @@ async def test_watch_waits_for_a_trace_whose_first_event_is_not_stored_yet(setti
 async def test_watch_gives_up_with_exit_4_after_wait(settings, launch):
     await launch.api(settings)
     result = await asyncio.to_thread(cli, "status", "never-sent", "--watch", "--interval", "0.2", "--wait", "1",
-                                     env=child_env(settings))
+                                     env=settings.child_environ())
     assert result.returncode == 4
     assert "--wait 1s" in result.stderr
 
@@ -79,7 +79,7 @@ async def test_control_characters_in_events_never_reach_the_terminal_raw(
     assert sorted(dict(r.headers)["tracker.reason"] for r in dead) == [b"invalid_value", b"invalid_value"]
     assert all(b"control character" in dict(r.headers)["tracker.detail"] for r in dead)
 
-    env = child_env(settings)
+    env = settings.child_environ()
     for args in (["status", "ctl-1", "--history"], ["services"]):
         shown = await asyncio.to_thread(cli, *args, env=env)
         assert shown.returncode in (0, 1), shown.stderr
@@ -93,7 +93,7 @@ async def test_control_characters_in_events_never_reach_the_terminal_raw(
 
 def test_send_with_a_body_that_is_not_json_exits_2_with_one_line(settings):
     result = cli("send", "--trace-id", "b-1", "--service", "s", "--status", "received", "--body", "{bad",
-                 env=child_env(settings))
+                 env=settings.child_environ())
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--body is not JSON" in result.stderr

@@ -20,9 +20,9 @@ from aiokafka.errors import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.factories import encode, payload_tracker
-from tests.ingest import produce, wait_stored
-from tests.test_end_to_end import read_all
+from tests.helpers.factories import encode, payload_tracker
+from tests.helpers.ingest import produce, wait_stored
+from tests.helpers.kafka import read_all
 from tracker.devservices.ports import free_port
 
 

@@ -13,9 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.factories import encode, payload_tracker
-from tests.ingest import assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, workload
-from tests.test_end_to_end import read_all
+from tests.helpers.ingest import assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, workload
+from tests.helpers.kafka import read_all
 
 
 async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, db, kafka_bootstrap):

@@ -13,7 +13,7 @@ import time
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ingest import assert_exactly_once, produce, valid_events, wait_stored, workload
+from tests.helpers.ingest import assert_exactly_once, produce, valid_events, wait_stored, workload
 
 
 async def _get(url: str) -> tuple[int, str]:

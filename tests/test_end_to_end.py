@@ -12,12 +12,13 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.factories import encode, payload_tracker, status_api
-from tests.ingest import wait_stored
-from tests.plugins.processes import child_env
+from tests.helpers.api import get_json, wait_for_trace
+from tests.helpers.factories import encode, payload_tracker
+from tests.helpers.kafka import read_all
+from tests.helpers.ingest import wait_stored
 
 
 @pytest.fixture
@@ -26,39 +27,6 @@ async def producer(kafka_bootstrap):
     await producer.start()
     yield producer
     await producer.stop()
-
-
-async def get_json(url: str) -> tuple[int, dict, str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url) as response:
-            return response.status, await response.json(content_type=None), response.headers["Content-Type"]
-
-
-async def wait_for_trace(api_url: str, trace_id: str, events: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    body = None
-    while time.monotonic() < deadline:
-        code, body, _ = await get_json(f"{api_url}/v1/traces/{trace_id}")
-        if code == 200 and body["event_count"] >= events:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"trace {trace_id} did not reach {events} events: {body}")
-
-
-async def read_all(kafka_bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                records.extend(recs)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_produced_events_of_both_formats_are_visible_through_the_api(settings, launch, producer):
@@ -224,7 +192,7 @@ async def test_history_pages_with_a_cursor_return_every_event_once(settings, lau
 async def test_cli_sends_an_event_and_reports_the_trace_status(settings, launch):
     await launch.consumer(settings)
     await launch.api(settings)
-    env = child_env(settings)
+    env = settings.child_environ()
     sent = subprocess.run([sys.executable, "-m", "tracker.cli", "send", "--trace-id", "cli-1", "--service",
                            "ingress", "--status", "error", "--message", "disk full", "--trace-status", "FINISHED"],
                           capture_output=True, text=True, env=env, timeout=60)

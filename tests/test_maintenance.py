@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from consumer.store import prepare_connection, write_batch
-from tests.factories import encode, payload_tracker
+from tests.helpers.factories import encode, payload_tracker
 from tracker.events import parse_message
 from tracker.db import init_connection
 from tracker.maintenance import _LOCK_KEY, create_partition, existing_partitions, run_maintenance

@@ -13,13 +13,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.factories import encode, payload_tracker, tracker_event
-from tests.ingest import produce
-from tracker.devservices.ports import free_port
+from tests.helpers.factories import encode, payload_tracker, tracker_event
+from tests.helpers.ingest import produce
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = json.loads((ROOT / "grafana/dashboards/tracker.json").read_text())
@@ -55,30 +53,6 @@ def test_dashboard_has_the_panels_operators_need():
     titles = {panel["title"] for panel in DASHBOARD["panels"]}
     assert MUST_HAVE_DATA <= titles
     assert any(v["name"] == "service" for v in DASHBOARD["templating"]["list"])
-
-
-@pytest.fixture
-async def prometheus(tmp_path, settings):
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus missing: bin/test installs Debian's prometheus package"
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "tracker-consumer",
-             "static_configs": [{"targets": [f"127.0.0.1:{settings.consumer_port}"]}]},
-            {"job_name": "tracker-api", "static_configs": [{"targets": [f"127.0.0.1:{settings.api_port}"]}]},
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(30)
 
 
 async def query(session, base: str, expr: str) -> dict:

@@ -15,10 +15,9 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.factories import encode, payload_tracker
-from tests.ingest import produce
-from tests.plugins.processes import child_env
-from tests.test_end_to_end import get_json, wait_for_trace
+from tests.helpers.factories import encode, payload_tracker
+from tests.helpers.ingest import produce
+from tests.helpers.api import get_json, wait_for_trace
 from tracker.client import SyncTracker, Tracker
 
 
@@ -31,7 +30,7 @@ async def stack(settings, launch):
 
 def cli(settings, *args, timeout=60, input=None):
     return subprocess.run([sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True,
-                          env=child_env(settings), timeout=timeout, input=input)
+                          env=settings.child_environ(), timeout=timeout, input=input)
 
 
 async def test_cli_status_history_json_and_listing_commands(stack, kafka_bootstrap):
@@ -77,7 +76,7 @@ async def test_cli_watch_waits_until_done_then_exits_with_the_outcome(stack, kaf
     await produce(kafka_bootstrap, stack.topic, [(trace.encode(), encode(payload_tracker(trace, "a", "received", now)))])
     await wait_for_trace(stack.api_url, trace, 1)
     watch = subprocess.Popen([sys.executable, "-m", "tracker.cli", "status", trace, "--watch", "--interval", "0.2"],
-                             env=child_env(stack), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=stack.child_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     await asyncio.sleep(1.5)
     assert watch.poll() is None, "watch returned before the trace was done"
     finish = {"trace_id": trace, "service": "b", "status": "error" if failed else "success",

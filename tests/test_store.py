@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from consumer.store import prepare_connection, write_batch
-from tests.factories import (
+from tests.helpers.factories import (
     BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event, with_status_step,
 )
-from tests.reference import expected_rollups, expected_state, stored_rollups, stored_state
+from tests.helpers.reference import expected_rollups, expected_state, stored_rollups, stored_state
 from tracker.db import use_fast_timestamps
 from tracker.events import Event, parse_message
 

@@ -8,8 +8,8 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
-from tests.factories import encode, pipeline_trace
-from tests.reference import expected_rollups, expected_state, stored_rollups, stored_state
+from tests.helpers.factories import encode, pipeline_trace
+from tests.helpers.reference import expected_rollups, expected_state, stored_rollups, stored_state
 from tracker.events import Event, parse_message
 
 
