@@ -16,11 +16,11 @@ from connexion.middleware.response_validation import ResponseValidationMiddlewar
 from connexion.middleware.security import SecurityMiddleware
 from connexion.validators import VALIDATOR_MAP
 
-from tracker.api.allow import AllowHeaderMiddleware
+from tracker.api.allow_header import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
-from tracker.events import spec
+from tracker.spec import spec
 from tracker.producer import KafkaSender
 from tracker.settings import Settings
 

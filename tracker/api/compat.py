@@ -10,8 +10,9 @@ import time
 from connexion import request
 
 from tracker.api import params
-from tracker.api.problems import bad_request, not_found, ok
-from tracker.api.shapes import iso
+from tracker.api.problems import bad_request, not_found
+from tracker.api.responses import ok
+from tracker.api.serialize import iso
 from tracker.queries import compat as q
 from tracker.queries.search import lookup_path
 

@@ -1,4 +1,5 @@
-"""Opaque keyset cursors: base64url of the last row's (timestamp, event id)."""
+"""Opaque keyset cursors: base64url of the last row's (time, key) — (ts, event_id) for events,
+(created_at, trace_id) for traces, (received_at, id) for dead letters."""
 
 from __future__ import annotations
 
@@ -11,19 +12,19 @@ class BadCursor(ValueError):
     pass
 
 
-def encode(ts: datetime, event_id: str) -> str:
-    raw = json.dumps([ts.isoformat(), event_id], separators=(",", ":")).encode()
+def encode(ts: datetime, key: str | int) -> str:
+    raw = json.dumps([ts.isoformat(), str(key)], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts, event_id = json.loads(raw)
+        ts, key = json.loads(raw)
         parsed = datetime.fromisoformat(ts)
-        if parsed.tzinfo is None or not isinstance(event_id, str):
+        if parsed.tzinfo is None or not isinstance(key, str):
             raise ValueError
-        return parsed, event_id
+        return parsed, key
     except (ValueError, TypeError):
         raise BadCursor(_NOT_OURS) from None
 

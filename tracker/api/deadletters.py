@@ -1,23 +1,15 @@
-"""Handler for /v1/dead-letters: parse -> query -> shape."""
+"""/v1/dead-letters: the messages the consumer rejected, why, and where they came from."""
 
 from __future__ import annotations
 
 from connexion import request
 
-from tracker.api import cursor as cursors
 from tracker.api import params
-from tracker.api.problems import bad_request, ok
-from tracker.api.shapes import iso
+from tracker.api.responses import after, page
+from tracker.api.serialize import iso
 from tracker.queries import deadletters as q
 
 EXCERPT_CHARS = 1000
-
-
-def _after(cursor: str | None):
-    try:
-        return cursors.decode_numbered(cursor) if cursor else None
-    except cursors.BadCursor as exc:
-        raise bad_request(str(exc)) from None
 
 
 def _text(data: bytes | None) -> str | None:
@@ -39,9 +31,8 @@ def dead_letter_out(row) -> dict:
 
 async def list_dead_letters(reason=None, since=None, until=None, lookback=None, limit=50, cursor=None):
     start, end = params.window(since, until, lookback)
-    after = _after(cursor)
+    position = after(cursor, numbered=True)
     async with request.state.pool.acquire() as conn:
-        rows = await q.list_dead_letters(conn, reason=reason, since=start, until=end, after=after, limit=limit + 1)
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = cursors.encode(page[-1]["received_at"], str(page[-1]["id"])) if more else None
-    return ok({"data": [dead_letter_out(r) for r in page], "next_cursor": next_cursor})
+        rows = await q.list_dead_letters(conn, reason=reason, since=start, until=end, after=position,
+                                         limit=limit + 1)
+    return page(rows, limit, lambda r: (r["received_at"], r["id"]), dead_letter_out)

@@ -6,7 +6,8 @@ from connexion import request
 from connexion.lifecycle import ConnexionResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tracker.api.problems import ProblemException, ok
+from tracker.api.problems import ProblemException
+from tracker.api.responses import ok
 
 
 async def healthz():

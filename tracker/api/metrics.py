@@ -27,7 +27,8 @@ class ApiMetrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every request; the label is the spec's operationId, never the path."""
+    """Counts and times every request; the label is the handler's name from the spec's operationId
+    (`tracker.api.traces.get_trace` -> `get_trace`), never the path: bounded by the spec."""
 
     def __init__(self, app, metrics: ApiMetrics) -> None:
         self.app = app

@@ -15,11 +15,6 @@ from tracker.events import EVENT_SCHEMAS, Invalid, describe_error, detect_format
 log = logging.getLogger("tracker.api")
 
 
-def ok(body, status: int = 200, headers: dict[str, str] | None = None):  # noqa: D401
-    """A JSON body; the content type is explicit because operations also declare problem+json."""
-    return body, status, {"Content-Type": "application/json", **(headers or {})}
-
-
 def not_found(detail: str) -> ProblemException:
     return ProblemException(status=404, title="Not Found", detail=detail)
 

@@ -1,28 +1,19 @@
-"""Handlers for POST /v1/events and POST /v1/traces: validate, then produce to Kafka."""
+"""HTTP ingestion's common part: an event checked by the consumer's own parser, then produced
+to Kafka; nothing is written to the database here (the consumer stores it, as any event)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import datetime, timezone
 
 from aiokafka.errors import KafkaError
 from connexion import request
 
-from tracker.api.problems import ProblemException, ok
+from tracker.api.problems import ProblemException
 from tracker.events import Event, Invalid, encode_document, parse_message
 
 
-def _producer():
-    producer = request.state.producer
-    if producer is None:
-        raise ProblemException(status=503, title="Service Unavailable",
-                               detail="HTTP ingestion needs Kafka, and KAFKA_BOOTSTRAP_SERVERS is not set for this API.")
-    return producer
-
-
-def _validated(doc, what: str) -> tuple[bytes, Event]:
-    """The bytes to produce, checked by the consumer's own parser."""
+def validated(doc, what: str) -> tuple[bytes, Event]:
+    """The bytes to produce, judged exactly as the consumer will judge them."""
     value = encode_document(doc)
     parsed = parse_message(value, max_bytes=request.state.settings.max_message_bytes)
     if isinstance(parsed, Invalid):
@@ -32,29 +23,15 @@ def _validated(doc, what: str) -> tuple[bytes, Event]:
     return value, parsed
 
 
-async def _send(value: bytes, trace_id: str) -> None:
+async def send(value: bytes, trace_id: str) -> None:
+    producer = request.state.producer
+    if producer is None:
+        raise ProblemException(status=503, title="Service Unavailable",
+                               detail="HTTP ingestion needs Kafka, and KAFKA_BOOTSTRAP_SERVERS is not set for this API.")
     try:
-        await asyncio.wait_for(_producer().send(value, key=trace_id), timeout=10)
+        await asyncio.wait_for(producer.send(value, key=trace_id), timeout=10)
     except (KafkaError, asyncio.TimeoutError) as exc:
         # Nothing half-done: the event either reached Kafka (202) or it did not (503, retry).
         raise ProblemException(status=503, title="Service Unavailable",
                                detail=f"Kafka did not take the event ({type(exc).__name__}); nothing was stored, "
                                       "retry later.", headers={"Retry-After": "5"}) from None
-
-
-async def post_event(body):
-    value, parsed = _validated(body, "event")
-    await _send(value, parsed.trace_id)
-    return ok({"trace_id": parsed.trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
-              status=202)
-
-
-async def post_trace(body):
-    trace_id = str(uuid.uuid4())
-    event = {"trace_id": trace_id, "event_id": str(uuid.uuid4()), "status": "received", "trace_status": "STARTED",
-             "timestamp": datetime.now(timezone.utc).isoformat(), **body}
-    value, parsed = _validated(event, "trace")
-    await _send(value, trace_id)
-    # 202, not 201: the trace exists once the consumer has stored this event, a moment later.
-    return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
-              status=202, headers={"Location": f"/v1/traces/{trace_id}"})

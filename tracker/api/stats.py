@@ -8,7 +8,8 @@ from connexion import request
 from connexion.lifecycle import ConnexionResponse
 
 from tracker.api import params
-from tracker.api.problems import bad_request, ok
+from tracker.api.problems import bad_request
+from tracker.api.responses import ok
 from tracker.queries import stats as q
 
 

@@ -1,14 +1,19 @@
-"""Handlers for /v1/traces/...: parse -> query -> shape."""
+"""/v1/traces: one trace, its history, the search, and starting a trace over HTTP."""
 
 from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
 
 from connexion import request
 from connexion.lifecycle import ConnexionResponse
 
-from tracker.api import cursor as cursors
-from tracker.api.problems import bad_request, not_found, ok
-from tracker.api.shapes import event_out
-from tracker.queries import traces as q
+from tracker.api import params
+from tracker.api.problems import not_found
+from tracker.api.publish import send, validated
+from tracker.api.responses import after, ok, page
+from tracker.api.serialize import event_out, trace_summary_out
+from tracker.queries import search, traces as q
 
 
 def _unknown(trace_id: str):
@@ -26,15 +31,37 @@ async def get_trace(trace_id: str):
 
 async def get_trace_events(trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None,
                            include_body: bool = True):
-    try:
-        after = cursors.decode(cursor) if cursor else None
-    except cursors.BadCursor as exc:
-        raise bad_request(str(exc)) from None
+    position = after(cursor)
     async with request.state.pool.acquire() as conn:
         rows = await q.fetch_events(conn, trace_id, descending=order == "desc", include_body=include_body,
-                                    after=after, limit=limit + 1)
-        if not rows and after is None and not await q.trace_exists(conn, trace_id):
+                                    after=position, limit=limit + 1)
+        if not rows and position is None and not await q.trace_exists(conn, trace_id):
             raise _unknown(trace_id)
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = cursors.encode(page[-1]["ts"], page[-1]["event_id"]) if more else None
-    return ok({"data": [event_out(r, include_body) for r in page], "next_cursor": next_cursor})
+    return page(rows, limit, lambda r: (r["ts"], r["event_id"]), lambda r: event_out(r, include_body))
+
+
+async def search_traces(service=None, status=None, done=None, account=None, org_id=None, inventory_id=None,
+                        system_id=None, source=None, domain=None, domain_id=None, since=None, until=None,
+                        lookback=None, min_duration=None, max_duration=None, limit=50, cursor=None):
+    start, end = params.window(since, until, lookback)
+    filters = {"service": service, "status": status, "done": done, "account": account, "org_id": org_id,
+               "inventory_id": inventory_id, "system_id": system_id, "source": source, "domain": domain,
+               "domain_id": domain_id}
+    position = after(cursor)
+    async with request.state.pool.acquire() as conn:
+        rows = await search.search_traces(conn, filters=filters, since=start, until=end,
+                                          min_duration=params.duration(min_duration, "min_duration"),
+                                          max_duration=params.duration(max_duration, "max_duration"),
+                                          after=position, limit=limit + 1)
+    return page(rows, limit, lambda r: (r["created_at"], r["trace_id"]), trace_summary_out)
+
+
+async def post_trace(body):
+    trace_id = str(uuid.uuid4())
+    event = {"trace_id": trace_id, "event_id": str(uuid.uuid4()), "status": "received", "trace_status": "STARTED",
+             "timestamp": datetime.now(timezone.utc).isoformat(), **body}
+    value, parsed = validated(event, "trace")
+    await send(value, trace_id)
+    # 202, not 201: the trace exists once the consumer has stored this event, a moment later.
+    return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
+              status=202, headers={"Location": f"/v1/traces/{trace_id}"})
