@@ -14,24 +14,20 @@ import re
 import uuid
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import fastjsonschema
 import jsonschema
 import orjson
-import yaml
 
 from tracker import times
-
-SPEC_PATH = Path(__file__).resolve().parent.parent / "swagger" / "openapi.yaml"
+from tracker.spec import spec
 
 # Namespace of derived event ids: uuid5(namespace, canonical JSON of the message).
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d5a52-3c1e-4f0e-9a51-1d8e3b1f2c77")
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 MAX_DEPTH = 32
 ERROR_STATUSES = frozenset({"error", "failed", "failure"})
-FORMATS = ("tracker", "payload_tracker", "status_api")
 
 # Reasons are a metric label and a dead-letter header: a fixed, small set.
 REASONS = (
@@ -87,12 +83,6 @@ class _Rejected(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.invalid = Invalid(reason, detail)
-
-
-@lru_cache(maxsize=1)
-def spec() -> dict:
-    with open(SPEC_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
 
 
 def _schema_document(schema_name: str) -> dict:

@@ -1,6 +1,7 @@
 """Partitions ahead of time, retention by dropping whole partitions.
 
-Run by the consumer at start and every hour, and by `tracker retention`.
+Run by the consumer at start and every TRACKER_MAINTENANCE_INTERVAL_SECONDS (default an hour),
+and by `tracker retention`.
 Daily partitions of `events` are created for the whole retention window (at
 most PRECREATE_DAYS back) and a few days ahead, so that a late event lands in
 its own day's partition, which retention later drops whole. An event dated

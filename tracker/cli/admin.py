@@ -1,0 +1,57 @@
+"""Commands that set things up: run the stack, migrate, apply retention, create topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tracker.settings import Settings, SettingsError
+
+
+def cmd_up(args, settings: Settings) -> int:
+    from tracker.devservices.stack import up
+
+    return up(settings)
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    from tracker.migrate import migrate
+
+    if not settings.database_url:
+        raise SettingsError("DATABASE_URL must be set")
+    applied = asyncio.run(migrate(settings.database_url))
+    print("applied: " + ", ".join(applied) if applied else "up to date")
+    return 0
+
+
+def cmd_retention(args, settings: Settings) -> int:
+    import asyncpg
+
+    from tracker.maintenance import run_maintenance
+
+    if not settings.database_url:
+        raise SettingsError("DATABASE_URL must be set")
+
+    async def go():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await run_maintenance(conn, retention_days=settings.retention_days)
+        finally:
+            await conn.close()
+
+    result = asyncio.run(go())
+    print(json.dumps({"retention_days": settings.retention_days, "partitions_created": result.created,
+                      "partitions_dropped": result.dropped, "traces_deleted": result.traces_deleted}))
+    return 0
+
+
+def cmd_topics(args, settings: Settings) -> int:
+    from tracker.topics import ensure_topics
+
+    if not settings.kafka_bootstrap_servers:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set")
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
+                                        settings.topic_partitions,
+                                        max_message_bytes=settings.max_message_bytes))
+    print("created: " + ", ".join(created) if created else "topics exist")
+    return 0
