@@ -13,7 +13,7 @@ from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce, wait_stored
 from tests.helpers.api import wait_for_trace
 from tests.helpers.kafka import read_all
-from tracker.cli import printable
+from tracker.cli.render import printable
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

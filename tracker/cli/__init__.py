@@ -11,13 +11,9 @@ import sys
 from tracker.cli.admin import cmd_migrate, cmd_retention, cmd_topics, cmd_up
 from tracker.cli.exits import EXIT_USAGE
 from tracker.cli.reading import SEARCH_FILTERS, cmd_search, cmd_services, cmd_stats, cmd_status
-from tracker.cli.render import printable
 from tracker.cli.sending import cmd_send
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
-
-__all__ = ["build_parser", "main", "printable"]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__,
