@@ -99,14 +99,18 @@ UPDATE_TRACES = _update(
      "boolean", "integer", "text", *("text",) * len(TRACE_ATTRIBUTES)), ("trace_id",), ", updated_at = now()")
 
 # Commutative counters: add. Keys come sorted (the lock order between writers).
+# The rows travel as one jsonb array of arrays, serialised by orjson in C: as parallel arrays
+# (unnest) asyncpg's encoder spent ~2.5 µs of Python per row on them, ~0.65 µs this way, and
+# PostgreSQL reads either at the same cost (measured on ~1,000-row batches of new keys).
 UPSERT_COUNTS = """
 INSERT INTO {table} AS r (bucket, service, status, events)
-SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[])
+SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::bigint FROM jsonb_array_elements($1::jsonb) AS x
 ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
 """
 UPSERT_ELAPSED = """
 INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
-SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::boolean[], $5::smallint[], $6::bigint[])
+SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::boolean, (x->>4)::smallint, (x->>5)::bigint
+FROM jsonb_array_elements($1::jsonb) AS x
 ON CONFLICT (bucket, kind, service, failed, bin) DO UPDATE SET n = r.n + EXCLUDED.n
 """
 
@@ -150,17 +154,25 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
 def _floor(unit: timedelta, **zero: int):
     """A function: a time truncated to its whole minute or hour (UTC, as every time here is).
 
-    It remembers the last unit it returned: a batch comes nearly in time order, so most calls
-    are two comparisons instead of datetime.replace, which takes ~1 µs in CPython 3.11 and was
-    the costliest call per event in fold (bench/ingest's profile). No await inside: writers
-    sharing it cannot interleave."""
+    datetime.replace takes ~0.94 µs in CPython 3.11 and was the costliest call per event in
+    fold (bench/ingest's profile), so it is called once per unit: the last unit returned is
+    checked first (a partition's events come in time order: two comparisons), then a cache
+    keyed by the calendar fields (~0.26 µs, for events out of time order: several partitions
+    interleaved, traces sorted by id). No await inside: writers sharing it cannot interleave."""
     start = end = datetime.max.replace(tzinfo=timezone.utc)
+    by_unit: dict[tuple, datetime] = {}
+    hourly = "minute" in zero
 
     def floor(ts: datetime) -> datetime:
         nonlocal start, end
         if start <= ts < end:
             return start
-        start = ts.replace(**zero)
+        key = (ts.year, ts.month, ts.day, ts.hour) if hourly else (ts.year, ts.month, ts.day, ts.hour, ts.minute)
+        start = by_unit.get(key)
+        if start is None:
+            if len(by_unit) >= 100_000:  # bounded: a long-running consumer sees every minute once
+                by_unit.clear()
+            start = by_unit[key] = ts.replace(**zero)
         end = start + unit
         return start
     return floor
@@ -380,16 +392,18 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
     """Store ``events`` with the trace state and rollups they imply, and the batch's dead
     letters; one transaction."""
     # A message sent twice within one batch: keep one (the key would refuse the other).
-    unique = list({_event_key(e): e for e in events}.values())
+    arrived = list({_event_key(e): e for e in events}.values())
     # Key order: two writers that share keys lock them in the same order.
-    unique.sort(key=_event_key)
+    unique = sorted(arrived, key=_event_key)
     async with conn.transaction():
         # Keyed by their source position: other writers never hold those (another partition).
         await record_dead_letters(conn, list(dead_letters))
         inserted = await _insert_events(conn, unique) if unique else []
         if not inserted:
             return BatchResult(0, len(events))
-        batch = fold(inserted)
+        # Folded in the order they arrived (each partition's in time order), not the key order:
+        # the fold's minute and hour lookups then hit the unit they returned last (_floor).
+        batch = fold(arrived if inserted is unique else inserted)
         while True:
             try:
                 async with conn.transaction():  # a savepoint: a lost race undoes only the state step
@@ -405,12 +419,11 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
             hk = (_hour(minute), service, status)
             hours[hk] = hours.get(hk, 0) + n
             per_status[(service, status)] = per_status.get((service, status), 0) + n
-        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts"), *_columns(sorted(
-            (*k, n) for k, n in batch.minutes.items()), 4))
-        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts_hour"), *_columns(sorted(
-            (*k, n) for k, n in hours.items()), 4))
+        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts"),
+                           sorted((*k, n) for k, n in batch.minutes.items()))
+        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts_hour"), sorted((*k, n) for k, n in hours.items()))
         elapsed = sorted((*k, n) for k, n in changes.elapsed.items() if n)
         if elapsed:
-            await conn.execute(UPSERT_ELAPSED, *_columns(elapsed, 6))
+            await conn.execute(UPSERT_ELAPSED, elapsed)
     counts = [(service, status, n) for (service, status), n in per_status.items()]
     return BatchResult(len(inserted), len(events) - len(inserted), counts, changes.observed)
