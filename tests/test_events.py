@@ -50,6 +50,42 @@ def test_status_api_event_is_normalised():
     assert event.exception == "Traceback ..."
 
 
+def test_each_format_fills_every_field_of_the_event_and_nothing_else():
+    """Every field, compared whole: the builders write the Event as a positional tuple (for
+    speed), so a field in the wrong place must show here."""
+    at = datetime(2024, 5, 1, 12, 0, 2, 500000, tzinfo=timezone.utc)
+    start = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    tracker = parse({"event_id": "e", "trace_id": "t", "service": "S", "status": "Failed", "timestamp": at.isoformat(),
+                     "trace_status": "finished", "start_time": start.isoformat(), "end_time": at.isoformat(),
+                     "duration_ms": 2.5, "source": "Src", "account": "a", "org_id": "o", "inventory_id": "i",
+                     "system_id": "y", "domain": "d", "domain_id": "di", "user": "u", "operation": "op",
+                     "path": "p", "message": "m", "errors": ["x"], "exception": {"type": "E"},
+                     "meta": {"k": 1}, "body": [1]})
+    assert tracker == Event(
+        event_id="e", trace_id="t", service="s", status="failed", failed=True, timestamp=at,
+        trace_status="FINISHED", start_time=start, end_time=at, duration_ms=2.5, source="src", account="a",
+        org_id="o", inventory_id="i", system_id="y", domain="d", domain_id="di", user="u", operation="op",
+        path="p", message="m", errors=("x",), exception='{"type": "E"}', meta={"k": 1}, body=[1],
+        format="tracker")
+    payload = {"service": "S", "source": "Src", "account": "a", "org_id": "o", "request_id": "t",
+               "inventory_id": "i", "system_id": "y", "status": "Received", "status_msg": "m",
+               "date": at.isoformat()}
+    assert parse(payload) == Event(
+        event_id=derive_event_id(payload), trace_id="t", service="s", status="received", failed=False,
+        timestamp=at, source="src", account="a", org_id="o", inventory_id="i", system_id="y", message="m",
+        format="payload_tracker")
+    status_api = parse({"trace_id": "t", "trace_event_id": "e", "domain": "d", "domain_id": "di",
+                        "start_time": start.isoformat(), "end_time": at.isoformat(), "trace_status": "started",
+                        "trace_event_status": "OK", "user": "u", "component": "C", "operation": "op",
+                        "status_body": {"b": 1}, "meta": {"k": 1}, "s3_path": "p", "duration": 7,
+                        "exception": "tb", "errors": [{"message": "x"}]})
+    assert status_api == Event(
+        event_id="e", trace_id="t", service="c", status="success", failed=False, timestamp=at,
+        trace_status="STARTED", start_time=start, end_time=at, duration_ms=7, domain="d", domain_id="di",
+        user="u", operation="op", path="p", errors=("x",), exception="tb", meta={"k": 1}, body={"b": 1},
+        format="status_api")
+
+
 def test_status_api_legacy_names_are_mapped():
     legacy = parse({"id": "t1", "event_id": "e1", "application": "ds", "application_id": "7",
                     "date_started": "2024-05-01T12:00:00", "date_end": "2024-05-01T12:00:01",
