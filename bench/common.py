@@ -23,8 +23,9 @@ SERVICES = [f"service-{i:02d}" for i in range(20)]
 
 
 @contextlib.contextmanager
-def services(postgres: bool = True):
-    """(kafka bootstrap, postgres admin URL): the configured ones, or local ones for this run."""
+def services(postgres: bool = True, kafka: bool = True):
+    """(kafka bootstrap, postgres admin URL): the configured ones, or local ones for this run
+    (None for one not asked for)."""
     settings = Settings.from_env()
     state = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
     state.chmod(0o755)
@@ -33,8 +34,9 @@ def services(postgres: bool = True):
             # Durable settings (fsync on): the numbers are what a real server would give.
             pg = started.enter_context(devservices.postgres(settings, state / "postgres", durable=True)) \
                 if postgres else None
-            kafka = started.enter_context(devservices.kafka(settings, state / "kafka", heap="1g"))
-            yield kafka.bootstrap_servers, (pg.url if pg else None)
+            broker = started.enter_context(devservices.kafka(settings, state / "kafka", heap="1g")) \
+                if kafka else None
+            yield (broker.bootstrap_servers if broker else None), (pg.url if pg else None)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 

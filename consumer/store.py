@@ -170,7 +170,7 @@ def _floor(unit: timedelta, **zero: int):
         key = (ts.year, ts.month, ts.day, ts.hour) if hourly else (ts.year, ts.month, ts.day, ts.hour, ts.minute)
         start = by_unit.get(key)
         if start is None:
-            if len(by_unit) >= 100_000:  # bounded: a long-running consumer sees every minute once
+            if len(by_unit) >= 4096:  # bounded: a batch spans a few hundred units at most
                 by_unit.clear()
             start = by_unit[key] = ts.replace(**zero)
         end = start + unit
