@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import time
 
 import asyncpg
@@ -45,8 +46,6 @@ def parse_cpu(values: list[bytes], rounds: int) -> tuple[float, float]:
 
 async def write_cpu(admin_url: str, events: list[Event], batch: int, rounds: int) -> dict[str, tuple[float, float]]:
     """Per path, best (client, PostgreSQL backend) CPU µs per event, each round on a fresh database."""
-    import os
-
     async def state(conn):
         for i in range(0, len(events), batch):
             await write_batch(conn, events[i:i + batch])

@@ -161,13 +161,14 @@ def _floor(unit: timedelta, **zero: int):
     interleaved, traces sorted by id). No await inside: writers sharing it cannot interleave."""
     start = end = datetime.max.replace(tzinfo=timezone.utc)
     by_unit: dict[tuple, datetime] = {}
-    hourly = "minute" in zero
+    # The calendar fields that name a unit: those the truncation keeps, read in C.
+    calendar = operator.attrgetter(*(f for f in ("year", "month", "day", "hour", "minute") if f not in zero))
 
     def floor(ts: datetime) -> datetime:
         nonlocal start, end
         if start <= ts < end:
             return start
-        key = (ts.year, ts.month, ts.day, ts.hour) if hourly else (ts.year, ts.month, ts.day, ts.hour, ts.minute)
+        key = calendar(ts)
         start = by_unit.get(key)
         if start is None:
             if len(by_unit) >= 4096:  # bounded: a batch spans a few hundred units at most

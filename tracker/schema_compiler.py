@@ -53,7 +53,7 @@ class _Compiler:
     def __init__(self, components: dict) -> None:
         self.components = components
         self.names = itertools.count()
-        self.constants: dict[str, Any] = {"Invalid": Invalid}
+        self.constants: dict[str, Any] = {"Invalid": Invalid, "_MISSING": _MISSING}
         self.helpers: list[str] = []
 
     def build(self, schema: dict) -> Callable[[Any], None]:
@@ -76,7 +76,7 @@ class _Compiler:
         while "$ref" in schema:
             ref = schema["$ref"]
             prefix = "#/components/schemas/"
-            if not ref.startswith(prefix) or len(schema) > 1 and set(schema) - {"$ref", "description"}:
+            if not ref.startswith(prefix) or set(schema) - {"$ref", "description"}:
                 raise SchemaNotSupported(f"reference {ref!r} (only a lone #/components/schemas/... is compiled)")
             schema = self.components["schemas"][ref[len(prefix):]]
         return schema
@@ -174,7 +174,6 @@ class _Compiler:
                              f"{inner}        continue"] + sub_lines
             elif extra is not True:
                 raise SchemaNotSupported("additionalProperties")
-            self.constants["_MISSING"] = _MISSING
             if kind != "object" and body:
                 out += [f"{pad}if type({v}) is dict:"] + body
 
