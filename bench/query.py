@@ -87,10 +87,16 @@ DERIVE = [
               CASE WHEN bool_or(failed) FILTER (WHERE trace_status = 'FINISHED') THEN 'failed' ELSE 'success' END,
               min(ts), min(account), min(org_id), min(inventory_id), min(system_id), min(source)
        FROM events GROUP BY trace_id""",
-    """INSERT INTO rollup_counts (bucket, service, status, events)
-       SELECT date_trunc('minute', ts), service, status, count(*) FROM events GROUP BY 1, 2, 3""",
-    """INSERT INTO rollup_counts_hour (bucket, service, status, events)
-       SELECT date_trunc('hour', bucket), service, status, sum(events) FROM rollup_counts GROUP BY 1, 2, 3""",
+    # Each hour's 60 per-minute counts (migration 007), zero for a minute without events.
+    """INSERT INTO rollup_counts_hour (bucket, service, status, events, minutes)
+       SELECT k.hour, k.service, k.status, sum(coalesce(c.n, 0)),
+              array_agg(coalesce(c.n, 0)::integer ORDER BY g.i)
+       FROM (SELECT DISTINCT date_trunc('hour', ts) AS hour, service, status FROM events) k
+       CROSS JOIN generate_series(0, 59) AS g(i)
+       LEFT JOIN (SELECT date_trunc('minute', ts) AS minute, service, status, count(*) AS n
+                  FROM events GROUP BY 1, 2, 3) c
+              ON c.minute = k.hour + g.i * interval '1 minute' AND c.service = k.service AND c.status = k.status
+       GROUP BY 1, 2, 3""",
     """INSERT INTO rollup_elapsed (bucket, kind, service, failed, bin, n)
        SELECT date_trunc('hour', outcome_at), 'service', service, outcome_failed,
               tracker_elapsed_bin(outcome_at - start_at), count(*)
@@ -109,7 +115,7 @@ async def load(url: str, traces: int) -> None:
         if loaded == traces:
             print(f"data set already loaded ({traces:,} traces)", flush=True)
             if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM rollup_counts_hour)"):
-                await conn.execute(DERIVE[3])  # loaded before the hourly rollup existed
+                await conn.execute(DERIVE[2])  # loaded before the hourly rollup existed
             return
         if loaded:
             raise SystemExit("the database holds another data set; use a new --keep folder")
@@ -130,7 +136,7 @@ async def load(url: str, traces: int) -> None:
             began = time.perf_counter()
             await conn.execute(sql)
             print(f"  derived {sql.split()[2]} ({time.perf_counter() - began:.0f} s)", flush=True)
-        assert "rollup_counts_hour" in DERIVE[3]
+        assert "rollup_counts_hour" in DERIVE[2]
         await conn.execute("UPDATE traces SET created_at = first_at")  # as if ingested live
         await conn.execute("VACUUM ANALYZE")
     finally:

@@ -16,7 +16,9 @@ Where the work is done (bench/ingest measures it; README, "How it works"):
    final values: new rows by COPY, existing ones by one UPDATE each, no CASE
    expressions for PostgreSQL to evaluate. The elapsed-time histogram changes
    follow from the old and new rows, also in Python;
-4. the rollups are commutative counters: upserts that add, keys sorted.
+4. the rollups are commutative counters: upserts that add, keys sorted; the counts
+   per minute travel inside their hour's row (60 counts), one row per hour, service
+   and status rather than one per minute (migration 007).
 PostgreSQL then only stores rows; everything it used to compute per row (the
 merge rules, the status, the histogram bins) is done once here.
 
@@ -102,11 +104,16 @@ UPDATE_TRACES = _update(
 # The rows travel as one jsonb array of arrays, serialised by orjson in C: as parallel arrays
 # (unnest) asyncpg's encoder spent ~2.5 µs of Python per row on them, ~0.65 µs this way, and
 # PostgreSQL reads either at the same cost (measured on ~1,000-row batches of new keys).
+# An hour's row carries its 60 per-minute counts (migration 007). The JSON array of them
+# becomes an integer[] by its text ("[0, 2, ...]" -> "{0, 2, ...}", read by array_in in C),
+# and an existing row adds them by 60 subscripted assignments: each is C, where an unnest
+# and array_agg per row cost PostgreSQL about twice as much.
 UPSERT_COUNTS = """
-INSERT INTO {table} AS r (bucket, service, status, events)
-SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::bigint FROM jsonb_array_elements($1::jsonb) AS x
-ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events
-"""
+INSERT INTO rollup_counts_hour AS r (bucket, service, status, events, minutes)
+SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::bigint, translate((x->4)::text, '[]', '{}')::integer[]
+FROM jsonb_array_elements($1::jsonb) AS x
+ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events, """ + ", ".join(
+    f"minutes[{i}] = r.minutes[{i}] + EXCLUDED.minutes[{i}]" for i in range(1, 61))
 UPSERT_ELAPSED = """
 INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
 SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::boolean, (x->>4)::smallint, (x->>5)::bigint
@@ -152,7 +159,7 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
 
 
 def _floor(unit: timedelta, **zero: int):
-    """A function: a time truncated to its whole minute or hour (UTC, as every time here is).
+    """A function: a time truncated to its whole unit, here the hour (UTC, as every time here is).
 
     datetime.replace takes ~0.94 µs in CPython 3.11 and was the costliest call per event in
     fold (bench/ingest's profile), so it is called once per unit: the last unit returned is
@@ -179,7 +186,6 @@ def _floor(unit: timedelta, **zero: int):
     return floor
 
 
-_minute = _floor(timedelta(minutes=1), second=0, microsecond=0)
 _hour = _floor(timedelta(hours=1), minute=0, second=0, microsecond=0)
 
 
@@ -196,13 +202,14 @@ class Fold:
     """A batch reduced to one row per (trace, service), per trace and per rollup key."""
     services: dict[tuple[str, str], list]
     traces: dict[str, list]
-    minutes: dict[tuple[datetime, str, str], int]
+    # (hour, service, status) -> events in each minute of that hour (index: the minute)
+    hours: dict[tuple[datetime, str, str], list[int]]
 
 
 def fold(events: Sequence[Event]) -> Fold:
     services: dict[tuple[str, str], list] = {}
     traces: dict[str, list] = {}
-    minutes: dict[tuple, int] = {}
+    hours: dict[tuple, list[int]] = {}
     for e in events:
         ts, eid, failed = e.timestamp, e.event_id, e.failed
         start_time = e.start_time
@@ -245,9 +252,12 @@ def fold(events: Sequence[Event]) -> Fold:
                     t[T_FINISH_AT], t[T_FINISH_ID], t[T_FINISH_FAILED] = ts, eid, failed
             if attrs != t[T_ATTRS]:
                 t[T_ATTRS] = _least(t[T_ATTRS], attrs)
-        mk = (_minute(ts), e.service, e.status)
-        minutes[mk] = minutes.get(mk, 0) + 1
-    return Fold(services, traces, minutes)
+        hk = (_hour(ts), e.service, e.status)
+        by_minute = hours.get(hk)
+        if by_minute is None:
+            by_minute = hours[hk] = [0] * 60
+        by_minute[ts.minute] += 1
+    return Fold(services, traces, hours)
 
 
 def _least(old: Sequence, new: Sequence) -> tuple:
@@ -414,15 +424,14 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
                 # Another writer created one of these traces (or services) after we looked:
                 # look again; now the row is there to lock and merge with.
                 continue
-        hours: dict[tuple, int] = {}
         per_status: dict[tuple[str, str], int] = {}
-        for (minute, service, status), n in batch.minutes.items():
-            hk = (_hour(minute), service, status)
-            hours[hk] = hours.get(hk, 0) + n
-            per_status[(service, status)] = per_status.get((service, status), 0) + n
-        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts"),
-                           sorted((*k, n) for k, n in batch.minutes.items()))
-        await conn.execute(UPSERT_COUNTS.format(table="rollup_counts_hour"), sorted((*k, n) for k, n in hours.items()))
+        counts = []
+        for key, by_minute in batch.hours.items():
+            n = sum(by_minute)
+            counts.append((*key, n, by_minute))
+            per_status[key[1:]] = per_status.get(key[1:], 0) + n
+        counts.sort()  # by key: the keys are unique, so the lists are never compared
+        await conn.execute(UPSERT_COUNTS, counts)
         elapsed = sorted((*k, n) for k, n in changes.elapsed.items() if n)
         if elapsed:
             await conn.execute(UPSERT_ELAPSED, elapsed)

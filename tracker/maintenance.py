@@ -133,7 +133,7 @@ async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
             "WITH gone AS (DELETE FROM traces WHERE active_hour <= $1 AND last_at < $1 RETURNING trace_id), "
             "services AS (DELETE FROM trace_services WHERE trace_id IN (SELECT trace_id FROM gone)) "
             "SELECT count(*) FROM gone", cutoff)
-        await conn.execute("DELETE FROM rollup_counts WHERE bucket < $1", cutoff)
+        # An hour's row holds its minutes too (migration 007); the cutoff is a midnight.
         await conn.execute("DELETE FROM rollup_counts_hour WHERE bucket < $1", cutoff)
         await conn.execute("DELETE FROM rollup_elapsed WHERE bucket < $1", cutoff)
         # Kept until they are on the dead-letter topic, whatever their age.

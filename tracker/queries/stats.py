@@ -1,4 +1,5 @@
-"""Rollup queries: they read rollup_counts / rollup_elapsed, never scan events."""
+"""Rollup queries: they read rollup_counts_hour (and its per-minute view rollup_counts) and
+rollup_elapsed, never events."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from tracker.events import ERROR_STATUSES
 _ERRORS = sorted(ERROR_STATUSES)
 
 # A window [since, now] read exactly: whole hours from the hourly rollup, the
-# partial first hour from the per-minute one.
+# partial first hour from its per-minute counts (the view rollup_counts, migration 007,
+# narrowed by its hour so that only that hour's rows are unnested).
 _WINDOW = """
     SELECT bucket, service, status, events FROM rollup_counts_hour
-    WHERE bucket >= date_trunc('hour', $1::timestamptz) + CASE WHEN date_trunc('hour', $1::timestamptz) = $1
-                                                          THEN interval '0' ELSE interval '1 hour' END
+    WHERE bucket >= $1
     UNION ALL
     SELECT bucket, service, status, events FROM rollup_counts
-    WHERE bucket >= $1 AND bucket < date_trunc('hour', $1::timestamptz)
-                                    + CASE WHEN date_trunc('hour', $1::timestamptz) = $1
-                                           THEN interval '0' ELSE interval '1 hour' END
+    WHERE hour = date_trunc('hour', $1::timestamptz) AND hour < $1 AND bucket >= $1
 """
 
 SERVICES = f"""
@@ -32,7 +31,7 @@ FROM ({_WINDOW}) w
 GROUP BY service ORDER BY service
 """
 
-# Buckets of whole hours read the hourly rollup; finer ones the per-minute one.
+# Buckets of whole hours read the hourly rollup; finer ones the per-minute counts.
 COUNTS_HOURLY = f"""
 SELECT date_bin($2::interval, bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, service, status,
        sum(events)::bigint AS events
@@ -45,7 +44,7 @@ COUNTS_MINUTE = """
 SELECT date_bin($2::interval, bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, service, status,
        sum(events)::bigint AS events
 FROM rollup_counts
-WHERE bucket >= $1 AND ($3::text IS NULL OR service = $3)
+WHERE hour >= date_trunc('hour', $1::timestamptz) AND bucket >= $1 AND ($3::text IS NULL OR service = $3)
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
