@@ -64,6 +64,24 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+async def _prepare_partitions(settings: Settings, pool) -> None:
+    async with pool.acquire() as conn:
+        await run_maintenance(conn, retention_days=settings.retention_days, wait=True)
+
+
+async def _all(*steps) -> None:
+    """Run the steps concurrently; if one fails, cancel the others (they hold connections
+    that the caller is about to close) and raise its error as it is."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def run(settings: Settings) -> None:
     tune_garbage_collector()
     stop = asyncio.Event()
@@ -101,17 +119,15 @@ async def run(settings: Settings) -> None:
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
     tasks: list[asyncio.Task] = []
     try:
-        # Partitions exist before the first event is written: if another consumer is creating
-        # them (members of a group start together), wait for it rather than write meanwhile.
-        async with pool.acquire() as conn:
-            await run_maintenance(conn, retention_days=settings.retention_days, wait=True)
-        tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
         await runner.setup()
         await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()
         log.info("consumer metrics and health on http://%s:%s", settings.consumer_host, settings.consumer_port)
-        await producer.start()
         consumer.subscribe([settings.topic], listener=sink.listener())
-        await consumer.start()
+        # Partitions exist before the first event is written (sink.run, below): if another
+        # consumer is creating them (members of a group start together), wait for it. Joining
+        # the group and starting the producer meanwhile saves their round trips at start.
+        await _all(_prepare_partitions(settings, pool), producer.start(), consumer.start())
+        tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
         log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
         tasks.append(asyncio.create_task(sink.report_lag()))
         await sink.run()
