@@ -5,7 +5,9 @@
 2. Start the real consumer (`python -m consumer`, with TRACKER_CONSUMER_PROCESSES=
    --processes, default one per core) on a fresh database and time it from process
    start until every event is committed (its tracker_consumer_messages_total reaches
-   N). Peak RSS from /proc (VmHWM), summed over its processes.
+   N). Peak RSS from /proc (VmHWM), summed over its processes. The broker's offsets topic
+   is created before (one commit of a throwaway group), as on any broker that has
+   served a consumer group.
 3. Baselines on the same rows and table, fresh database each:
    - ceiling: one COPY of all N rows (parsing done beforehand, not timed);
    - the ancestors' way: parse + one INSERT per message, committed each, on the
@@ -43,7 +45,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import dataset, fresh_database, rss_peak_bytes, services
@@ -72,6 +74,21 @@ async def produce(bootstrap: str, topic: str, messages) -> float:
     finally:
         await producer.stop()
     return time.perf_counter() - started
+
+
+async def create_offsets_topic(bootstrap: str, topic: str, group: str) -> None:
+    """Commit one offset for a throwaway group, so that the broker creates its offsets topic
+    (__consumer_offsets) now: a broker started for this run has none yet, and creating it
+    (the consumer's log showed GroupCoordinatorNotAvailableError for the first seconds) was
+    counted in the consumer's time, a cost that no broker that has served a group pays again."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        await consumer.commit({partition: 0})
+    finally:
+        await consumer.stop()
 
 
 async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) -> tuple[int, float]:
@@ -348,6 +365,7 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     await ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=args.partitions)
     produce_s = await produce(bootstrap, topic, messages)
     print(f"produced in {produce_s:.1f} s ({args.events / produce_s:,.0f} events/s)", flush=True)
+    await create_offsets_topic(bootstrap, topic, f"bench-warmup-{run}")
 
     database_url = await fresh_database(admin_url, prefix="bench_ingest")
     settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
