@@ -44,10 +44,10 @@ import asyncpg
 
 from consumer.deadletter import DeadLetter, record_dead_letters
 from tracker.db import use_fast_timestamps
-from tracker.events import Event
+from tracker.events import EVENT_COLUMNS, Event
 
-# The events table's columns, in the order of Event's fields: an Event is its own COPY record.
-COLUMNS = tuple({"timestamp": "ts", "user": "username"}.get(name, name) for name in Event._fields)
+# An Event is its own COPY record.
+COLUMNS = EVENT_COLUMNS
 _COLS = ", ".join(COLUMNS)
 TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 

@@ -72,6 +72,14 @@ class Event(NamedTuple):
     format: str = "tracker"
 
 
+# The events table's columns, in the order of Event's fields: the consumer's COPY sends an
+# Event as it is, and the read queries select by these names.
+EVENT_COLUMNS = tuple({"timestamp": "ts", "user": "username"}.get(name, name) for name in Event._fields)
+# The free-form and possibly large ones, which event lists read only when asked to.
+BODY_COLUMNS = ("exception", "meta", "body")
+SUMMARY_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in BODY_COLUMNS)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Invalid:
     """Why a message is not an event. ``reason`` is one of REASONS; ``detail`` is for people."""

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS
+
 
 @dataclass
 class Where:
@@ -68,9 +70,6 @@ def search_traces_sql(*, filters: dict, since: datetime | None = None, until: da
     return sql, where.args
 
 
-EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_status, start_time, end_time,
-    duration_ms, source, account, org_id, inventory_id, system_id, domain, domain_id, username,
-    operation, path, message, errors, format"""
 
 
 async def search_events(conn: asyncpg.Connection, **criteria) -> list[asyncpg.Record]:
@@ -96,7 +95,7 @@ def search_events_sql(*, filters: dict, since: datetime | None = None, until: da
     if after is not None:
         where.add("(e.ts, e.event_id) < ({}, {})", *after)
     where.args.append(limit)
-    columns = EVENT_COLUMNS + (", exception, meta, body" if include_body else "")
+    columns = ", ".join(SUMMARY_COLUMNS + (BODY_COLUMNS if include_body else ()))
     sql = (f"SELECT {columns} FROM events e WHERE {where.sql()} "
            f"ORDER BY e.ts DESC, e.event_id DESC LIMIT ${len(where.args)}")
     return sql, where.args

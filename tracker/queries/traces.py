@@ -6,16 +6,12 @@ from datetime import datetime
 
 import asyncpg
 
-_EVENT_COLUMNS = """event_id, trace_id, service, status, failed, ts, trace_status, start_time, end_time,
-       duration_ms, source, account, org_id, inventory_id, system_id, domain, domain_id, username,
-       operation, path, message, errors, format"""
-_BODY_COLUMNS = ", exception, meta, body"
-
+from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS
 
 
 def _events_sql(*, descending: bool, include_body: bool) -> str:
     comparison, direction = ("<", " DESC") if descending else (">", "")
-    columns = _EVENT_COLUMNS + (_BODY_COLUMNS if include_body else "")
+    columns = ", ".join(SUMMARY_COLUMNS + (BODY_COLUMNS if include_body else ()))
     return f"""
 SELECT {columns} FROM events
 WHERE trace_id = $1 AND ts >= (SELECT first_at FROM traces WHERE trace_id = $1)
