@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.helpers.ingest import assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, workload
-from tests.helpers.kafka import read_all
+from tests.helpers.kafka import read_all, wait_all_committed
 
 
 async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, db, kafka_bootstrap):
@@ -28,7 +28,8 @@ async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, 
     consumer = await launch.consumer(settings, name="consumer-last")
     await wait_stored(db, total, process=consumer)
     assert int(total * 0.7) <= stored_before_last < total, "the last kill did not land mid-ingest"
-    await asyncio.sleep(1)  # let any in-flight redelivered batch land: it must change nothing
+    # Every batch committed: none in flight, so a redelivered one has landed (and must change nothing).
+    await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     await assert_exactly_once(db, events)
 
 
@@ -77,7 +78,7 @@ async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
     await asyncio.to_thread(local_kafka.restart)
     await produce(kafka_bootstrap, settings.topic, messages[half:])
     await wait_stored(db, len({e.event_id for e in events}), timeout=180, process=consumer)
-    await asyncio.sleep(1)
+    await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     await assert_exactly_once(db, events)
     assert consumer.alive
 
@@ -110,7 +111,7 @@ async def test_two_consumers_share_the_work_and_survive_one_being_killed(setting
     await wait_stored(db, len({e.event_id for e in events}), timeout=180, process=second)
     # The survivor took over the dead one's partitions (not only kept its own).
     assert await assigned_partitions(second_settings.consumer_port) == 3
-    await asyncio.sleep(1)
+    await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     await assert_exactly_once(db, events)
 
 
@@ -181,7 +182,7 @@ async def test_two_writers_store_traces_that_span_partitions_exactly_once(settin
     consumer = await launch.consumer(settings)
     await produce(kafka_bootstrap, settings.topic, messages)
     await wait_stored(db, len({e.event_id for e in events}), process=consumer)
-    await asyncio.sleep(1)
+    await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     await assert_exactly_once(db, events)
     assert "deadlock" not in consumer.log().lower()
 

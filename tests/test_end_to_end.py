@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.helpers.api import get_json, wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
-from tests.helpers.kafka import read_all
+from tests.helpers.kafka import read_all, wait_all_committed
 from tests.helpers.ingest import wait_stored
 
 
@@ -136,8 +135,9 @@ async def test_consumer_exits_cleanly_on_sigterm_and_resumes_where_it_committed(
     await wait_stored(db, 60, timeout=30, process=restarted)
     assert await db.fetchval("SELECT count(*) FROM events") == 60
     assert await db.fetchval("SELECT sum(event_count) FROM traces") == 60
-    # Offsets were committed before the stop: the restarted consumer saw only the 10 new messages.
-    await asyncio.sleep(0.5)
+    # Offsets were committed before the stop: the restarted consumer saw only the 10 new messages
+    # (counted once it has committed them all, so that nothing is still on its way).
+    await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     _, metrics, _ = await get_text(f"http://127.0.0.1:{settings.consumer_port}/metrics")
     assert 'tracker_consumer_messages_total{result="stored"} 10.0' in metrics
     assert 'tracker_consumer_messages_total{result="duplicate"} 0.0' in metrics

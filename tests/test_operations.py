@@ -93,7 +93,12 @@ async def test_every_dashboard_and_alert_expression_evaluates_on_real_scrapes(se
                 break
             assert time.monotonic() < deadline, f"Prometheus never saw the events: {up} {events}"
             await asyncio.sleep(1)
-        await asyncio.sleep(3)  # a few more scrapes, so that rate() has two points everywhere
+        # Two more scrapes of both processes, so that rate() has two points in every series.
+        scrapes = 'min(count_over_time(up{job=~"tracker-.*"}[1h]))'
+        seen = float((await query(session, prometheus, scrapes))["data"]["result"][0]["value"][1])
+        while float((await query(session, prometheus, scrapes))["data"]["result"][0]["value"][1]) < seen + 2:
+            assert time.monotonic() < deadline + 30, "Prometheus stopped scraping the tracker"
+            await asyncio.sleep(0.5)
 
         async with session.get(f"{prometheus}/api/v1/label/__name__/values") as response:
             exported = set((await response.json())["data"])
