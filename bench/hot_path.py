@@ -25,9 +25,9 @@ import orjson
 
 from bench.common import dataset, fresh_database, services
 from bench.ingest import _cpu_ticks
-from consumer.store import COLUMNS, prepare_connection, write_batch
+from consumer.store import prepare_connection, write_batch
 from tracker.db import init_connection
-from tracker.events import Event, parse_message
+from tracker.events import EVENT_COLUMNS, Event, parse_message
 
 MAX_BYTES = 1 << 20
 
@@ -53,7 +53,7 @@ async def write_cpu(admin_url: str, events: list[Event], batch: int, rounds: int
     async def copy(conn):
         for i in range(0, len(events), batch):
             async with conn.transaction():
-                await conn.copy_records_to_table("events", records=events[i:i + batch], columns=COLUMNS)
+                await conn.copy_records_to_table("events", records=events[i:i + batch], columns=EVENT_COLUMNS)
 
     hz = os.sysconf("SC_CLK_TCK")
     best: dict[str, tuple[float, float]] = {}

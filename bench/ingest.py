@@ -49,16 +49,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import dataset, fresh_database, rss_peak_bytes, services
-from consumer.store import COLUMNS
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import drop_database
-from tracker.events import Event, parse_message
+from tracker.events import EVENT_COLUMNS, Event, parse_message
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
-INSERT_ONE = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))})"
+INSERT_ONE = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+              f"VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))})"
               " ON CONFLICT (event_id, ts) DO NOTHING")
 
 
@@ -138,7 +138,7 @@ async def ceiling_copy(admin_url: str, events: list[Event]) -> float:
     await init_connection(conn)
     records = events  # an Event is its own COPY record
     started = time.perf_counter()
-    await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
+    await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
     elapsed = time.perf_counter() - started
     await conn.close()
     return elapsed

@@ -20,12 +20,12 @@ import time
 import asyncpg
 
 from bench.common import dataset, fresh_database, services
-from consumer.store import COLUMNS, CREATE_STAGING, write_batch
+from consumer.store import CREATE_STAGING, write_batch
 from tracker.db import init_connection
-from tracker.events import Event, parse_message
+from tracker.events import EVENT_COLUMNS, Event, parse_message
 
-_COLS = ", ".join(COLUMNS)
-EXECUTEMANY = (f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
+_COLS = ", ".join(EVENT_COLUMNS)
+EXECUTEMANY = (f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))}) "
                "ON CONFLICT (event_id, ts) DO NOTHING")
 _TYPES = ["text", "text", "text", "text", "boolean", "timestamptz", "text", "timestamptz", "timestamptz",
           "float8", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
@@ -33,10 +33,11 @@ _TYPES = ["text", "text", "text", "text", "boolean", "timestamptz", "text", "tim
 # text[][] cannot be unnested row-wise, so errors travel as a JSON text and are cast back.
 UNNEST = (f"INSERT INTO events ({_COLS}) SELECT "
           + ", ".join("ARRAY(SELECT jsonb_array_elements_text(c21::jsonb))" if i == 21
-                      else f"c{i}::jsonb" if COLUMNS[i] in ("meta", "body") else f"c{i}"
-                      for i in range(len(COLUMNS)))
+                      else f"c{i}::jsonb" if EVENT_COLUMNS[i] in ("meta", "body") else f"c{i}"
+                      for i in range(len(EVENT_COLUMNS)))
           + " FROM unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-          + ") AS u(" + ", ".join(f"c{i}" for i in range(len(COLUMNS))) + ") ON CONFLICT (event_id, ts) DO NOTHING")
+          + ") AS u(" + ", ".join(f"c{i}" for i in range(len(EVENT_COLUMNS)))
+          + ") ON CONFLICT (event_id, ts) DO NOTHING")
 
 
 async def executemany(conn, events):
@@ -59,7 +60,7 @@ async def unnest(conn, events):
 async def copy(conn, events):
     async with conn.transaction():
         await conn.copy_records_to_table("staging_events", records=events,
-                                         columns=COLUMNS)
+                                         columns=EVENT_COLUMNS)
         await conn.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events "
                            "ON CONFLICT (event_id, ts) DO NOTHING")
 

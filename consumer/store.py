@@ -46,9 +46,7 @@ from consumer.deadletter import DeadLetter, record_dead_letters
 from tracker.db import use_fast_timestamps
 from tracker.events import EVENT_COLUMNS, Event
 
-# An Event is its own COPY record.
-COLUMNS = EVENT_COLUMNS
-_COLS = ", ".join(COLUMNS)
+_COLS = ", ".join(EVENT_COLUMNS)
 TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 
 # Per connection; ON COMMIT DELETE ROWS empties it at the end of every batch.
@@ -365,14 +363,14 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 
 async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
-    """Store the events; returns those that were new."""
+    """Store the events; returns those that were new. An Event is its own COPY record."""
     try:
         async with conn.transaction():  # a savepoint: a key conflict undoes only this COPY
-            await conn.copy_records_to_table("events", records=events, columns=COLUMNS)
+            await conn.copy_records_to_table("events", records=events, columns=EVENT_COLUMNS)
         return events
     except asyncpg.UniqueViolationError:
         pass
-    await conn.copy_records_to_table("staging_events", records=events, columns=COLUMNS)
+    await conn.copy_records_to_table("staging_events", records=events, columns=EVENT_COLUMNS)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
     return [e for e in events if (e.event_id, e.timestamp) in new]
 

@@ -4,7 +4,7 @@
 -- Why: a row per (minute, service, status) meant about one new row per event
 -- whenever events are sparser than a few per minute and key (a backlog of days
 -- replayed, a quiet pipeline), and each new row cost PostgreSQL an insert into
--- the heap and the key's index (~6.5 us per event, bench/ingest's data set).
+-- the heap and the key's index (~6.5 us per event on bench/ingest's data set, scratch run).
 -- One upsert per (hour, service, status) and batch now carries the same counts;
 -- a batch touches a few rows per hour it spans instead of one per event.
 --

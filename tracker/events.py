@@ -40,8 +40,8 @@ REASONS = (
 class Event(NamedTuple):
     """One status event, whatever format it came in.
 
-    A tuple, its fields in the order of the events table's columns (consumer/store.py derives
-    COLUMNS from them): an Event is its own COPY record, with no per-event conversion on the
+    A tuple, its fields in the order of the events table's columns (EVENT_COLUMNS, below,
+    derives them): an Event is its own COPY record, with no per-event conversion on the
     hot path. Built once by parse_message, never changed."""
 
     event_id: str
