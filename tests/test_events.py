@@ -332,8 +332,10 @@ def test_the_schema_compiler_refuses_keywords_it_does_not_implement():
             compile_schema(schema, {"schemas": {}})
 
 
-def test_a_raw_c1_control_character_in_an_identifier_is_refused():
-    """U+0085 (NEL) sent as its two UTF-8 bytes, not escaped: still refused as an identifier."""
-    value = '{"trace_id": "t", "service": "a\u0085b", "status": "ok", "timestamp": "2024-05-01T12:00:00Z"}'
+@pytest.mark.parametrize("character", ["\u0085", "\u007f"], ids=["NEL, two UTF-8 bytes", "DEL, one ASCII byte"])
+def test_a_raw_control_character_in_an_identifier_is_refused(character):
+    """A control character sent as itself, not escaped (U+0085 is two UTF-8 bytes, U+007F one
+    ASCII byte): still refused as an identifier, though the message has no backslash."""
+    value = '{"trace_id": "t", "service": "a%sb", "status": "ok", "timestamp": "2024-05-01T12:00:00Z"}' % character
     result = parse_message(value.encode(), max_bytes=MAX)
     assert isinstance(result, Invalid) and "control character" in result.detail, result
