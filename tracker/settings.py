@@ -24,7 +24,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "consumer_instance_id": ("TRACKER_CONSUMER_INSTANCE_ID", None),
     "topic_partitions": ("TRACKER_TOPIC_PARTITIONS", "6"),
     "session_timeout_ms": ("TRACKER_KAFKA_SESSION_TIMEOUT_MS", "10000"),
-    "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "6000"),
+    "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "5000"),
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
