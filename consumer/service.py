@@ -53,10 +53,19 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+class MissingTopics(Exception):
+    """A topic the consumer reads or writes does not exist (the broker does not create topics
+    on demand, as production brokers are set up): say which and how to create them, rather than
+    wait out the client's metadata timeout and fail with a stack trace."""
+
+
 def serve(settings: Settings) -> int:
     """Run one consumer until it is asked to stop; the process's exit code."""
     try:
         asyncio.run(run(settings))
+    except MissingTopics as exc:
+        log.error("%s", exc)
+        return 1
     except Exception:
         # Neither bad data nor a passing outage: let the supervisor restart us; Kafka redelivers.
         log.exception("consumer failed")
@@ -67,6 +76,37 @@ def serve(settings: Settings) -> int:
 async def _prepare_partitions(settings: Settings, pool) -> None:
     async with pool.acquire() as conn:
         await run_maintenance(conn, retention_days=settings.retention_days, wait=True)
+
+
+async def _start_kafka(settings: Settings, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
+    await producer.start()
+    # One metadata request: the consumer's own start would wait ~40 s for a missing topic, then
+    # fail with UnknownTopicOrPartitionError and a stack trace.
+    metadata = await producer.client.fetch_all_metadata()
+    missing = sorted({settings.topic, settings.dlq_topic} - metadata.topics())
+    if missing:
+        raise MissingTopics(
+            f"the Kafka topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap_servers}; "
+            f"create them with `tracker topics` (TRACKER_TOPIC_PARTITIONS partitions), or set TRACKER_TOPIC / "
+            f"TRACKER_DLQ_TOPIC to the topics your producers use")
+    await consumer.start()
+
+
+async def _unless_stopped(stop: asyncio.Event, work) -> bool:
+    """Run ``work``; if ``stop`` is set first, cancel it and return False. Starting can wait
+    long (a broker or database not up yet, a coordinator moving): SIGTERM still ends it."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()  # its exception, if it failed
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
 
 
 async def _all(*steps) -> None:
@@ -126,7 +166,10 @@ async def run(settings: Settings) -> None:
         # Partitions exist before the first event is written (sink.run, below): if another
         # consumer is creating them (members of a group start together), wait for it. Joining
         # the group and starting the producer meanwhile saves their round trips at start.
-        await _all(_prepare_partitions(settings, pool), producer.start(), consumer.start())
+        if not await _unless_stopped(stop, _all(_prepare_partitions(settings, pool),
+                                                _start_kafka(settings, producer, consumer))):
+            log.info("stopped while starting")
+            return
         tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
         log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
         tasks.append(asyncio.create_task(sink.report_lag()))

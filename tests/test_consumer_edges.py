@@ -233,3 +233,34 @@ def test_elapsed_histograms_count_a_batch_per_service_and_outcome_as_prometheus_
         generate_latest(metrics.registry).decode()) if f.name == "tracker_traces_finished" for s in f.samples
         if s.name == "tracker_traces_finished_total"}
     assert finished == {"success": 2, "error": 1}
+
+
+async def test_a_consumer_asked_to_stop_while_starting_stops_at_once(settings, launch, db):
+    """Starting can wait long (here: for the partitions, which another process is creating);
+    SIGTERM meanwhile ends the process cleanly instead of after the wait."""
+    from tracker.maintenance import _LOCK_KEY
+
+    await db.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)  # maintenance "in progress" elsewhere
+    try:
+        consumer = await launch.consumer(settings)
+        deadline = time.monotonic() + 20
+        while "consuming" not in consumer.log() and time.monotonic() < deadline:
+            if await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+                break  # the consumer is waiting for the lock: in the middle of its start
+            await asyncio.sleep(0.1)
+        assert "consuming" not in consumer.log()
+        code = await asyncio.to_thread(consumer.terminate, 10)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    assert code == 0, consumer.log()
+    assert "stopped while starting" in consumer.log()
+
+
+async def test_a_consumer_of_a_topic_that_does_not_exist_says_which_and_exits(settings, launch):
+    settings = dataclasses.replace(settings, topic=f"no-such-topic-{uuid.uuid4().hex[:8]}")
+    consumer = await launch.consumer(settings, wait=False)
+    # Without the check, the Kafka client waits out its metadata timeout (~40 s) and ends
+    # with a stack trace.
+    code = await asyncio.to_thread(consumer.proc.wait, 20)
+    assert code == 1
+    assert f"{settings.topic} do not exist" in consumer.log() and "tracker topics" in consumer.log(), consumer.log()
