@@ -7,7 +7,8 @@
    start until every event is committed (its tracker_consumer_messages_total reaches
    N). Peak RSS from /proc (VmHWM), summed over its processes. The broker's offsets topic
    is created before (one commit of a throwaway group), as on any broker that has
-   served a consumer group.
+   served a consumer group, and what producing left in the page cache is written out
+   (sync) before the clock starts.
 3. Baselines on the same rows and table, fresh database each:
    - ceiling: one COPY of all N rows (parsing done beforehand, not timed);
    - the ancestors' way: parse + one INSERT per message, committed each, on the
@@ -132,7 +133,8 @@ async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[flo
             await asyncio.sleep(1)
 
 
-async def ceiling_copy(admin_url: str, events: list[Event]) -> float:
+async def ceiling_copy(admin_url: str, events: list[Event]) -> tuple[float, str]:
+    """Seconds for one COPY of every event, and the database it loaded."""
     url = await fresh_database(admin_url, prefix="bench_copy")
     conn = await asyncpg.connect(url)
     await init_connection(conn)
@@ -141,7 +143,7 @@ async def ceiling_copy(admin_url: str, events: list[Event]) -> float:
     await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
     elapsed = time.perf_counter() - started
     await conn.close()
-    return elapsed
+    return elapsed, url
 
 
 async def per_message(admin_url: str, values: list[bytes]) -> float:
@@ -294,7 +296,7 @@ async def events_stored(conn) -> int:
 async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settings, n: int, processes: int,
                     run: str) -> float:
     """Events/s of one consumer command with ``processes`` processes (TRACKER_CONSUMER_PROCESSES)
-    on the topic's first ``n`` events (a fresh group and database)."""
+    on the topic's first ``n`` events (a fresh group and database, dropped after)."""
     database_url = await fresh_database(admin_url, prefix=f"bench_scale{processes}")
     conn = await asyncpg.connect(database_url)
     member = dataclasses.replace(settings, database_url=database_url, consumer_port=free_port(),
@@ -311,6 +313,7 @@ async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settin
         proc.terminate()
         proc.wait(90)
         await conn.close()
+        await settle(admin_url, database_url)  # the next run and the ceiling do not pay for this one
 
 
 async def steady_latency(bootstrap: str, admin_url: str, settings: Settings, args, run: str, name: str,
@@ -335,16 +338,18 @@ async def steady_latency(bootstrap: str, admin_url: str, settings: Settings, arg
 
 
 async def settle(admin_url: str, database_url: str) -> None:
-    """Let the machine settle after the bulk load before latency is measured: the loaded
+    """Let the machine settle after a bulk load before the next phase is measured: the loaded
     database is dropped (which also stops the autovacuum workers it set off: a run measured
-    p99 299 ms at 2,000 events/s right after the load and 154 ms without it) and a CHECKPOINT
-    writes out what the load left dirty."""
+    p99 299 ms at 2,000 events/s right after the load and 154 ms without it), a CHECKPOINT
+    writes out what the load left dirty and sync the rest of the page cache, so that neither
+    lands in the middle of the next phase."""
     await drop_database(admin_url, database_url.rsplit("/", 1)[1])
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
+    await asyncio.to_thread(os.sync)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -366,6 +371,11 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     produce_s = await produce(bootstrap, topic, messages)
     print(f"produced in {produce_s:.1f} s ({args.events / produce_s:,.0f} events/s)", flush=True)
     await create_offsets_topic(bootstrap, topic, f"bench-warmup-{run}")
+    # Settled before timing: the broker has just written the topic (~600 MB here) to the page
+    # cache, and the kernel writes it back ~30 s later — in the middle of the consumer phase,
+    # where it queued in front of PostgreSQL's commit fsyncs. The baselines, measured later,
+    # never met it. In service, a consumer does not read a topic produced all at once.
+    await asyncio.to_thread(os.sync)
 
     database_url = await fresh_database(admin_url, prefix="bench_ingest")
     settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
@@ -395,9 +405,12 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     scale_n = min(args.scale_events, args.events)
     scale = {k: await scale_out(bootstrap, admin_url, topic, settings, scale_n, k, run) for k in (1, 2, 3)}
 
-    copy_s = await ceiling_copy(admin_url, events)
+    copy_s, copy_url = await ceiling_copy(admin_url, events)
     copy_rate = args.events / copy_s
     print(f"ceiling (one COPY): {copy_rate:,.0f} events/s", flush=True)
+    # The baseline is measured settled too (its commits would otherwise wait behind the
+    # write-back of the ceiling's load, in the consumer's favour).
+    await settle(admin_url, copy_url)
     sample = values[: args.per_message]
     one_s = await per_message(admin_url, sample)
     one_rate = len(sample) / one_s
