@@ -104,14 +104,16 @@ UPDATE_TRACES = _update(
 # PostgreSQL reads either at the same cost (measured on ~1,000-row batches of new keys).
 # An hour's row carries its 60 per-minute counts (migration 007). The JSON array of them
 # becomes an integer[] by its text ("[0, 2, ...]" -> "{0, 2, ...}", read by array_in in C),
-# and an existing row adds them by 60 subscripted assignments: each is C, where an unnest
-# and array_agg per row cost PostgreSQL about twice as much.
+# and an existing row's new array is one ARRAY[] of the 60 sums: reading an element of a
+# flat integer array is direct, where an unnest and array_agg per row cost PostgreSQL about
+# twice as much and 60 subscripted assignments (each copying the array) ~15 % more
+# (43 vs 37 µs per conflicting row of 240, scratch, two runs).
 UPSERT_COUNTS = """
 INSERT INTO rollup_counts_hour AS r (bucket, service, status, events, minutes)
 SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::bigint, translate((x->4)::text, '[]', '{}')::integer[]
 FROM jsonb_array_elements($1::jsonb) AS x
-ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events, """ + ", ".join(
-    f"minutes[{i}] = r.minutes[{i}] + EXCLUDED.minutes[{i}]" for i in range(1, 61))
+ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events, minutes = ARRAY[""" + \
+    ", ".join(f"r.minutes[{i}] + EXCLUDED.minutes[{i}]" for i in range(1, 61)) + "]"
 UPSERT_ELAPSED = """
 INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
 SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::boolean, (x->>4)::smallint, (x->>5)::bigint

@@ -199,6 +199,19 @@ async def test_an_offset_time_counts_in_its_utc_minute_and_hour(db):
     assert (minute.isoformat(), hour.isoformat()) == ("2024-05-01T05:15:00+00:00", "2024-05-01T05:00:00+00:00")
 
 
+async def test_a_second_batch_adds_to_every_minute_of_an_hour_already_counted(db):
+    """Each of the 60 per-minute counts of an existing hour row is added to, none replaced or
+    lost: two batches with one event in every minute of the same hour, service and status."""
+    await prepare_connection(db)
+    hour = BASE.replace(minute=0, second=0, microsecond=0)
+    for batch in ("first", "second"):
+        await write_batch(db, events_of([tracker_event(f"{batch}-{m}", "a", "received", hour + timedelta(minutes=m))
+                                         for m in range(60)]))
+    rows = await db.fetch("SELECT bucket, events FROM rollup_counts WHERE service = 'a' ORDER BY bucket")
+    assert [(r["bucket"], r["events"]) for r in rows] == [(hour + timedelta(minutes=m), 2) for m in range(60)]
+    assert await db.fetchval("SELECT events FROM rollup_counts_hour WHERE service = 'a'") == 120
+
+
 async def test_a_writer_that_loses_the_race_to_create_a_trace_merges_with_the_winner(database_url):
     """Two writers create the same new trace (a producer that does not key by trace id): the
     second finds no row to lock, its insert waits for the first and then meets its row. It does
