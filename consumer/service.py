@@ -145,7 +145,12 @@ async def run(settings: Settings) -> None:
         auto_offset_reset="earliest",
         # How soon a crashed member's partitions move to the others.
         session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 1000),
+        # How soon the members learn that one joined (a scale-out, a restart, the processes of
+        # TRACKER_CONSUMER_PROCESSES starting together): only a heartbeat tells them. At a third
+        # of the session (3.3 s) a group that started 80 ms apart ran on one member for 3.4 s
+        # at start (bench/ingest's consumer phase, a tenth of it); a heartbeat a second is a
+        # small request to the coordinator.
+        heartbeat_interval_ms=min(1000, settings.session_timeout_ms // 3),
         # Room for the largest message we accept and little more: one fetch response per
         # partition is held in memory whole, and at twice the message bound these buffers were
         # a fifth of the consumer's heap (a tracemalloc snapshot at its peak, bench/ingest data).
