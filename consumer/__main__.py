@@ -7,6 +7,7 @@ import sys
 
 from consumer.group import run_group
 from consumer.service import serve
+from tracker.events import prepare_validators
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
@@ -19,6 +20,7 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level)
     logging.getLogger("tracker.consumer").info("starting with %s", settings.masked())
+    prepare_validators()  # before a fork: once for all members
     if settings.consumer_processes > 1:
         return run_group(settings, serve)
     return serve(settings)

@@ -62,7 +62,7 @@ async def test_the_per_minute_counts_move_into_their_hour_rows_unchanged(postgre
         await conn.execute("INSERT INTO rollup_counts_hour (bucket, service, status, events) "
                            "SELECT date_trunc('hour', bucket), service, status, sum(events) FROM rollup_counts "
                            "GROUP BY 1, 2, 3")
-        assert await migrate(url) == ["007_minute_counts_in_hour_rows.sql"]
+        assert (await migrate(url))[0] == "007_minute_counts_in_hour_rows.sql"
         assert (await stored_rollups(conn))[0] == counts
         # Same again, on top of the converted rows: every count doubles.
         await init_connection(conn)

@@ -46,6 +46,19 @@ async def test_same_event_twice_in_one_batch_is_stored_once(db):
     assert (await stored_state(db))[0]["t"]["event_count"] == 1
 
 
+async def test_one_event_id_at_two_times_is_two_events_and_a_repeat_is_one(db):
+    # The key is (event_id, ts): a batch where an id repeats takes the exact path (store.py).
+    await prepare_connection(db)
+    events = events_of([tracker_event("t", "copy", "received", BASE, event_id="e-1"),
+                        tracker_event("t", "copy", "success", BASE + timedelta(seconds=1), event_id="e-1"),
+                        tracker_event("t", "copy", "received", BASE, event_id="e-1"),
+                        tracker_event("t", "copy", "received", BASE, event_id="e-2")])
+    result = await write_batch(db, events)
+    assert (result.inserted, result.duplicates) == (3, 1)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE event_id = 'e-1'") == 2
+    assert await stored_state(db) == expected_state(events)
+
+
 async def test_both_formats_land_in_one_trace(db):
     await prepare_connection(db)
     events = events_of([

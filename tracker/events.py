@@ -140,6 +140,15 @@ def plain_text_validator(schema_name: str) -> Callable[[Any], None]:
     return compile_schema(components["schemas"][schema_name], components)
 
 
+def prepare_validators() -> None:
+    """Read the spec and compile every event schema now rather than at the first message: a
+    consumer that forks its members (TRACKER_CONSUMER_PROCESSES) does it once, before the fork,
+    and the members share the result."""
+    for schema_name in EVENT_SCHEMAS.values():
+        fast_validator(schema_name)
+        plain_text_validator(schema_name)
+
+
 def _plain_text(value: bytes, backslash: int | None = None) -> bool:
     """True when no string in this JSON text can contain a control character (U+0000-U+001F,
     U+007F-U+009F): JSON allows them inside strings only escaped (a backslash), U+007F is the

@@ -19,8 +19,9 @@ def _start(e: Event):
 
 
 def expected_state(events: list[Event]) -> tuple[dict, dict]:
-    """({trace_id: trace fields}, {(trace_id, service): service fields}) from unique events."""
-    unique = {e.event_id: e for e in events}.values()
+    """({trace_id: trace fields}, {(trace_id, service): service fields}) from the events, one per
+    key (event_id, ts), as the events table keeps them."""
+    unique = {(e.event_id, e.timestamp): e for e in events}.values()
     by_trace: dict[str, list[Event]] = defaultdict(list)
     for event in unique:
         by_trace[event.trace_id].append(event)
@@ -84,7 +85,7 @@ def _hour(ts):
 
 def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
     """({(minute, service, status): events}, {(hour, kind, service, failed, bin): n}) from scratch."""
-    unique = list({e.event_id: e for e in events}.values())
+    unique = list({(e.event_id, e.timestamp): e for e in events}.values())
     counts: dict = defaultdict(int)
     for e in unique:
         counts[(e.timestamp.replace(second=0, microsecond=0), e.service, e.status)] += 1
