@@ -67,12 +67,37 @@ class BatchHistogram:
         registry.register(self)
 
     def observe_many(self, values: Iterable[float], labels: tuple[str, ...] = ()) -> None:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {labels}")
         bounds, counts, total = self.bounds, [0] * (len(self.bounds) + 1), 0.0
         for value in values:
             counts[bisect.bisect_left(bounds, value)] += 1  # buckets are "less than or equal"
             total += value
+        self._add(labels, counts, total)
+
+    def observe_ages(self, timestamps_ms: Iterable[int], now_ms: float, labels: tuple[str, ...] = ()) -> None:
+        """Observe, for each timestamp (ms since the epoch), the seconds from it to ``now_ms``:
+        0 for one in the future; none for one <= 0 (Kafka's "no timestamp").
+
+        Counted by bisecting the sorted timestamps once per bucket bound (an age <= b is a
+        timestamp >= now - b): sorting and summing are C, where observe_many's loop is Python
+        per value — for the event lag, one value per message (~0.5 µs of the consumer's CPU
+        each, bench/ingest's profile)."""
+        try:
+            ts = sorted(timestamps_ms)
+        except TypeError:  # a None among them (a message format without timestamps)
+            ts = sorted(t for t in timestamps_ms if t is not None)
+        ts = ts[bisect.bisect_right(ts, 0):]
+        counts, below = [], 0
+        for bound in self.bounds:
+            within = len(ts) - bisect.bisect_left(ts, now_ms - 1000 * bound)
+            counts.append(within - below)
+            below = within
+        counts.append(len(ts) - below)
+        past = bisect.bisect_right(ts, now_ms)  # the rest are in the future: age 0
+        self._add(labels, counts, (past * now_ms - sum(ts[:past])) / 1000)
+
+    def _add(self, labels: tuple[str, ...], counts: list[int], total: float) -> None:
+        if len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {labels}")
         with self._lock:
             old_counts, old_total = self._series.get(labels) or ([0] * len(counts), 0.0)
             self._series[labels] = ([a + b for a, b in zip(old_counts, counts)], old_total + total)

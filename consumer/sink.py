@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import random
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from tracker.settings import Settings
 log = logging.getLogger("tracker.consumer")
 
 T = TypeVar("T")
+_timestamp = operator.attrgetter("timestamp")
 
 
 @dataclass
@@ -236,7 +238,7 @@ class Sink:
             if part is None:
                 part = out[tp.partition % self.writers] = ParsedBatch({}, [], 0, [], [])
             part.offsets[tp] = records[-1].offset + 1
-            part.timestamps.extend(record.timestamp for record in records)
+            part.timestamps.extend(map(_timestamp, records))
             part.count += len(records)
             events, dead = part.events, part.dead
             for record in records:
@@ -281,9 +283,7 @@ class Sink:
         if dead or self.dead_letters_waiting:
             await self.publish_dead_letters()
 
-        now_ms = time.time() * 1000
-        self.metrics.event_lag.observe_many(
-            max(0.0, (now_ms - timestamp) / 1000) for timestamp in parsed.timestamps if timestamp and timestamp > 0)
+        self.metrics.event_lag.observe_ages(parsed.timestamps, time.time() * 1000)
         self.metrics.record_batch(result)
         self.metrics.messages.labels("stored").inc(result.inserted)
         self.metrics.messages.labels("duplicate").inc(result.duplicates)

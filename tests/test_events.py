@@ -13,6 +13,15 @@ from hypothesis import given, settings, strategies as st
 
 from tracker.events import EVENT_ID_NAMESPACE, REASONS, Event, Invalid, derive_event_id, parse_message
 
+
+def value(fragment: orjson.Fragment | None):
+    """The value of a free-form field: an Event carries it as JSON text (an orjson.Fragment)."""
+    return None if fragment is None else orjson.loads(orjson.dumps(fragment))
+
+
+def with_values(event: Event) -> Event:
+    return event._replace(meta=value(event.meta), body=value(event.body))
+
 MAX = 1024 * 1024
 
 
@@ -44,8 +53,9 @@ def test_status_api_event_is_normalised():
     assert event.trace_status == "FINISHED"
     assert event.timestamp == datetime(2024, 5, 1, 12, 0, 2, 500000, tzinfo=timezone.utc)  # the end time
     assert event.duration_ms == 2500
-    assert event.body == {"files_incoming": ["a"], "files_outgoing": []}
-    assert (event.path, event.user, event.operation, event.meta) == ("s3://b/k", "ola", "copy_files", {"git_rev": "abc"})
+    assert value(event.body) == {"files_incoming": ["a"], "files_outgoing": []}
+    assert (event.path, event.user, event.operation, value(event.meta)) == ("s3://b/k", "ola", "copy_files",
+                                                                             {"git_rev": "abc"})
     assert event.errors == ("failure",)
     assert event.exception == "Traceback ..."
 
@@ -61,7 +71,7 @@ def test_each_format_fills_every_field_of_the_event_and_nothing_else():
                      "system_id": "y", "domain": "d", "domain_id": "di", "user": "u", "operation": "op",
                      "path": "p", "message": "m", "errors": ["x"], "exception": {"type": "E"},
                      "meta": {"k": 1}, "body": [1]})
-    assert tracker == Event(
+    assert with_values(tracker) == Event(
         event_id="e", trace_id="t", service="s", status="failed", failed=True, timestamp=at,
         trace_status="FINISHED", start_time=start, end_time=at, duration_ms=2.5, source="src", account="a",
         org_id="o", inventory_id="i", system_id="y", domain="d", domain_id="di", user="u", operation="op",
@@ -79,7 +89,7 @@ def test_each_format_fills_every_field_of_the_event_and_nothing_else():
                         "trace_event_status": "OK", "user": "u", "component": "C", "operation": "op",
                         "status_body": {"b": 1}, "meta": {"k": 1}, "s3_path": "p", "duration": 7,
                         "exception": "tb", "errors": [{"message": "x"}]})
-    assert status_api == Event(
+    assert with_values(status_api) == Event(
         event_id="e", trace_id="t", service="c", status="success", failed=False, timestamp=at,
         trace_status="STARTED", start_time=start, end_time=at, duration_ms=7, domain="d", domain_id="di",
         user="u", operation="op", path="p", errors=("x",), exception="tb", meta={"k": 1}, body={"b": 1},
@@ -95,7 +105,7 @@ def test_status_api_legacy_names_are_mapped():
                     "start_time": "2024-05-01T12:00:00", "end_time": "2024-05-01T12:00:01",
                     "component": "copy", "trace_status": "STARTED", "trace_event_status": "OK",
                     "s3_path": "s3://x", "status_body": {"k": 1}})
-    assert isinstance(legacy, Event) and legacy == modern
+    assert isinstance(legacy, Event) and with_values(legacy) == with_values(modern)
     assert legacy.trace_status == "STARTED" and legacy.status == "success"
 
 
@@ -109,7 +119,7 @@ def test_legacy_and_modern_name_with_different_values_is_rejected():
 def test_canonical_event_is_accepted():
     event = parse({"trace_id": "t", "service": "s", "status": "processing", "timestamp": "2024-01-01T00:00:00Z",
                    "event_id": "x", "body": [1, 2]})
-    assert isinstance(event, Event) and event.format == "tracker" and event.body == [1, 2]
+    assert isinstance(event, Event) and event.format == "tracker" and value(event.body) == [1, 2]
 
 
 def test_naive_times_are_utc():
@@ -136,8 +146,8 @@ def test_u0000_in_free_form_content_becomes_the_replacement_character_instead_of
            "message": "bad\x00byte", "body": {"k\x00": ["v\x00"]}, "meta": {"\x00": 1}}
     event = parse_message(json.dumps(doc).encode(), max_bytes=MAX)
     assert isinstance(event, Event)
-    assert event.message == "bad\ufffdbyte" and event.body == {"k\ufffd": ["v\ufffd"]}
-    assert event.meta == {"\ufffd": 1}
+    assert event.message == "bad\ufffdbyte" and value(event.body) == {"k\ufffd": ["v\ufffd"]}
+    assert value(event.meta) == {"\ufffd": 1}
 
 
 @pytest.mark.parametrize("value, reason", [
@@ -203,7 +213,7 @@ def test_documents_a_lenient_parser_let_in_are_judged_like_kafka_messages():
     nan = parse_message(encode_document({**base, "body": float("nan")}), max_bytes=MAX)
     assert isinstance(nan, Invalid) and nan.reason == "not_json"
     huge = parse_message(encode_document({**base, "body": 10 ** 30}), max_bytes=MAX)
-    assert isinstance(huge, Event) and huge.body == 1e30
+    assert isinstance(huge, Event) and value(huge.body) == 1e30
 
 
 @settings(max_examples=300)
