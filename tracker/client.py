@@ -30,6 +30,9 @@ Retriable Kafka errors are retried with capped backoff, never dropped. The
 first drop of each reason and then every 1,000th is logged. ``close()``
 flushes what is buffered, waiting at most ``close_timeout`` seconds, and
 returns the number of events it could not confirm as sent (also logged).
+
+Not this module: publishing one message and waiting for Kafka's acknowledgement, as the
+API's ``POST /v1/events`` and ``tracker send`` do, is ``tracker.producer.EventPublisher``.
 """
 
 from __future__ import annotations

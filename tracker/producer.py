@@ -1,4 +1,10 @@
-"""Publishing events to Kafka, keyed by trace id (`tracker send`, HTTP ingestion)."""
+"""Kafka producers of this project: the one start every producer shares, and the publisher that
+sends one validated message and waits for Kafka's acknowledgement (`POST /v1/events`, `tracker
+send`).
+
+The other producer is ``tracker.client.Tracker``, the library services embed: it never waits
+(events go into a bounded buffer that a background task hands to Kafka in batches) and drops
+rather than block its service. Both start their Kafka producer with ``start_producer``."""
 
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ async def start_producer(bootstrap_servers: str, **options) -> AIOKafkaProducer:
     return producer
 
 
-class KafkaSender:
-    """A producer started on first use and restarted after a failed start, so that a
-    process that only sometimes produces (the API) starts, and recovers, without Kafka."""
+class EventPublisher:
+    """Publish one message at a time and wait for its acknowledgement, so that the caller can
+    answer "accepted" only once Kafka has it. The producer is started on first use and again
+    after a failed start, so that a process that only sometimes publishes (the API) starts, and
+    recovers, without Kafka."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -49,8 +57,8 @@ class KafkaSender:
 
 async def send_one(settings: Settings, value: bytes, *, key: str) -> None:
     """Publish one message and wait for Kafka's acknowledgement (`tracker send`)."""
-    sender = KafkaSender(settings)
+    publisher = EventPublisher(settings)
     try:
-        await sender.send(value, key=key)
+        await publisher.send(value, key=key)
     finally:
-        await sender.close()
+        await publisher.close()

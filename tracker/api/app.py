@@ -21,7 +21,7 @@ from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
 from tracker.spec import spec
-from tracker.producer import KafkaSender
+from tracker.producer import EventPublisher
 from tracker.settings import Settings
 
 log = logging.getLogger("tracker.api")
@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         # The pool lives as long as the server; handlers read it from request.state.
         pool = await create_pool(settings)
         # For HTTP ingestion only; reads never need Kafka, and the API starts without it.
-        producer = KafkaSender(settings) if settings.kafka_bootstrap_servers else None
+        producer = EventPublisher(settings) if settings.kafka_bootstrap_servers else None
         try:
             yield {"pool": pool, "metrics": metrics, "settings": settings, "producer": producer}
         finally:
