@@ -13,7 +13,9 @@ import time
 import aiohttp
 import pytest
 
-from tests.helpers.ingest import assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, workload
+from tests.helpers.ingest import (
+    assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, wait_until, workload,
+)
 from tests.helpers.kafka import read_all, wait_all_committed
 
 
@@ -40,12 +42,18 @@ async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
     messages = workload(traces=2000, seed=11, prefix="pg")
     events = valid_events(messages)
     settings = dataclasses.replace(settings, batch_max_records=200, retry_max_seconds=2, log_level="INFO")
-    await db.close()
+    total = len({e.event_id for e in events})
     consumer = await launch.consumer(settings)
     producing = asyncio.create_task(produce(kafka_bootstrap, settings.topic, messages, rate=4000))
-    await asyncio.sleep(1.5)
+    # Mid-ingest by construction: stopped once a tenth is stored, before the rest is.
+    await wait_stored(db, total // 10, process=consumer)
+    stored_before = await db.fetchval("SELECT count(*) FROM events")
+    assert stored_before < total, "the outage did not land mid-ingest"
+    await db.close()
     await asyncio.to_thread(local_postgres.stop)
-    await asyncio.sleep(3)  # the consumer retries meanwhile; nothing is committed
+    # Down until the consumer has met the outage (it retries meanwhile; nothing is committed).
+    await wait_until(lambda: "database unavailable" in consumer.log(), "the consumer retrying the database",
+                     process=consumer)
     await asyncio.to_thread(local_postgres.restart)
     await producing
 
@@ -56,12 +64,11 @@ async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
     conn = await asyncpg.connect(settings.database_url)
     await init_connection(conn)
     try:
-        await wait_stored(conn, len({e.event_id for e in events}), process=consumer)
+        await wait_stored(conn, total, process=consumer)
         await assert_exactly_once(conn, events)
     finally:
         await conn.close()
     assert consumer.alive, "the consumer should recover by itself"
-    assert "database unavailable" in consumer.log()
 
 
 async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
@@ -74,7 +81,7 @@ async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
     settings = dataclasses.replace(settings, batch_max_records=200, retry_max_seconds=2, log_level="INFO")
     consumer = await launch.consumer(settings)
     await produce(kafka_bootstrap, settings.topic, messages[:half])
-    await asyncio.sleep(0.5)
+    await wait_stored(db, 1, process=consumer)  # consuming: the restart lands mid-ingest
     await asyncio.to_thread(local_kafka.restart)
     await produce(kafka_bootstrap, settings.topic, messages[half:])
     await wait_stored(db, len({e.event_id for e in events}), timeout=180, process=consumer)
