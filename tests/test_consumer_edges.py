@@ -315,3 +315,18 @@ async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, 
         await consumer.stop()
         await producer.stop()
         await pool.close()
+
+
+def test_partitions_of_one_parity_still_go_to_every_writer(settings):
+    """Kafka's round robin gives each member of a 2-process group every other partition
+    (0, 2, 4 and 1, 3, 5): dealt out by partition number, one writer would get them all."""
+    from consumer.metrics import ConsumerMetrics
+    from consumer.sink import Sink
+
+    sink = Sink(dataclasses.replace(settings, consumer_writers=2), None, None, None, ConsumerMetrics(),
+                asyncio.Event(), dead_letter_limit=1 << 20)
+    for parity in (0, 1):
+        assigned = {TopicPartition(settings.topic, p) for p in range(parity, 6, 2)}
+        sink.assign_writers(assigned)
+        assert set(sink.writer_of) == assigned
+        assert sorted(sink.writer_of.values()) == [0, 0, 1]
