@@ -79,21 +79,15 @@ class _Rebalance(ConsumerRebalanceListener):
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked):
-        # Wait for the batches in flight (every writer's) and their offset commits: each batch's
-        # offsets are committed before the partitions move. The locks are taken in a fixed order.
+        # Wait for the batches in flight (every writer's): each commits its own offsets before
+        # the partitions move. The locks are taken in a fixed order.
         async with contextlib.AsyncExitStack() as held:
             for lock in self.sink.writer_locks:
                 await held.enter_async_context(lock)
-            try:
-                await self.sink.commits_done()
-            except Exception as exc:  # noqa: BLE001 - the new owner redelivers; it finds the events stored
-                log.warning("an offset commit failed before a rebalance (%s: %s); the new owner gets "
-                            "those messages again and finds their events stored", type(exc).__name__, exc)
             self.sink.forget(revoked)
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     async def on_partitions_assigned(self, assigned):
-        self.sink.assign_writers(assigned)
         self.sink.metrics.assigned_partitions.set(len(assigned))
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -108,15 +102,10 @@ class Sink:
         self.pool = pool
         self.metrics = metrics
         self.stop = stop
-        # One writer per group of partitions, each with its own connection and its own strictly
-        # ordered write-then-commit; see run() and assign_writers().
+        # One writer per group of partitions (partition % writers), each with its own
+        # connection and its own strictly ordered write-then-commit; see run().
         self.writers = max(1, settings.consumer_writers)
-        self.writer_of: dict[TopicPartition, int] = {}
         self.writer_locks = [asyncio.Lock() for _ in range(self.writers)]
-        # Per writer, the offset commit of its last batch, still in flight (see _store).
-        self.commits: list[asyncio.Task | None] = [None] * self.writers
-        # A batch this large means a backlog (see _store): a quarter of a writer's share of a fetch.
-        self.inline_commit_at = max(1, settings.batch_max_records // (4 * self.writers))
         self.committed: dict[TopicPartition, int] = {}
         self.last_poll = time.monotonic()
         self.paused = False  # waiting for PostgreSQL or Kafka to come back
@@ -128,15 +117,6 @@ class Sink:
         # (messages, invalid) per recent batch, for TRACKER_DLQ_MAX_RATIO.
         self._recent: deque[tuple[int, int]] = deque()
         self._recent_total = self._recent_invalid = 0
-
-    def assign_writers(self, assigned) -> None:
-        """Deal the assigned partitions out to the writers in turn. By partition number
-        (partition % writers, until session 10) the members of a group each got every other
-        partition from Kafka's round robin (0, 2, 4 and 1, 3, 5), all with one parity: one
-        writer per member did all the work. Changed only here, after a revocation has waited
-        for every writer: a partition stays with one writer while it is assigned, so its
-        batches are written and committed in order."""
-        self.writer_of = {tp: i % self.writers for i, tp in enumerate(sorted(assigned))}
 
     def forget(self, revoked) -> None:
         """Partitions moved away: drop their series, so each partition's lag is exported
@@ -187,11 +167,10 @@ class Sink:
                 await self._hand_over(queue, None, task)
             for task in writers:
                 await task
-            await self.commits_done()
         except Stopping:
             log.info("stopping with a batch uncommitted; Kafka will redeliver it")
         finally:
-            for task in [*writers, *filter(None, self.commits)]:
+            for task in writers:
                 if not task.done():
                     # Only on an error path: its offsets are not committed, so Kafka redelivers it.
                     task.cancel()
@@ -212,15 +191,6 @@ class Sink:
             put.cancel()
             await writer
             raise RuntimeError("a writer ended before the consumer stopped")
-
-    async def commits_done(self) -> None:
-        """Wait for every writer's offset commit in flight; then raise what the first one that
-        failed raised, if any."""
-        tasks = [task for task in self.commits if task is not None]
-        self.commits = [None] * self.writers
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
 
     async def _writer(self, queue: asyncio.Queue, writer: int) -> None:
         while (parsed := await queue.get()) is not None:
@@ -259,15 +229,14 @@ class Sink:
         return self.committed[tp]
 
     async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[int, "ParsedBatch"]:
-        """Validate every record; the result split by writer (assign_writers)."""
+        """Validate every record; the result split by writer (partition % writers)."""
         out: dict[int, ParsedBatch] = {}
         max_bytes = self.settings.max_message_bytes
         n = 0
         for tp, records in batch.items():
-            writer = self.writer_of.get(tp, tp.partition % self.writers)
-            part = out.get(writer)
+            part = out.get(tp.partition % self.writers)
             if part is None:
-                part = out[writer] = ParsedBatch({}, [], 0, [], [])
+                part = out[tp.partition % self.writers] = ParsedBatch({}, [], 0, [], [])
             part.offsets[tp] = records[-1].offset + 1
             part.timestamps.extend(map(_timestamp, records))
             part.count += len(records)
@@ -289,9 +258,9 @@ class Sink:
 
     async def store(self, parsed: "ParsedBatch", writer: int = 0) -> None:
         async with self.writer_locks[writer]:  # a revocation waits for this batch to commit
-            await self._store(parsed, writer)
+            await self._store(parsed)
 
-    async def _store(self, parsed: "ParsedBatch", writer: int = 0) -> None:
+    async def _store(self, parsed: "ParsedBatch") -> None:
         events, dead, count = parsed.events, parsed.dead, parsed.count
 
         self._check_flood(count, len(dead))
@@ -309,21 +278,8 @@ class Sink:
         assigned = self.consumer.assignment()
         offsets = {tp: offset for tp, offset in parsed.offsets.items() if tp in assigned}
         if offsets:
-            # A writer's commits stay in order: the previous one is done before the next starts,
-            # and a revocation and a stop wait for them all.
-            previous, self.commits[writer] = self.commits[writer], None
-            if previous is not None:
-                await previous
-            if count >= self.inline_commit_at:
-                # A backlog: awaited here, the commit's round trip lets the fetcher fill the
-                # next batch; run in the background, the batches came smaller and cost ~10 %
-                # more CPU per event (scratch, two runs each of 1,000,000 events).
-                await self._commit(offsets)
-            else:
-                # Keeping up: the commit goes on while this writer takes its next batch, so a
-                # broker round trip is not in every batch's latency (produce-to-queryable at
-                # 2,000 events/s, p50 82/67 -> 49/49 ms, p99 150/170 -> 101/96, scratch A/B).
-                self.commits[writer] = asyncio.create_task(self._commit(offsets))
+            await self._commit(offsets)
+            self.committed.update(offsets)
         if dead or self.dead_letters_waiting:
             await self.publish_dead_letters()
 
@@ -390,7 +346,6 @@ class Sink:
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self._retrying("kafka", lambda: self.consumer.commit(offsets))
-            self.committed.update(offsets)
             self.metrics.last_commit.set_to_current_time()
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
             # The partitions moved to another consumer while we wrote. The rows are
