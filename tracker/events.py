@@ -415,17 +415,20 @@ def _lower(value: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else value
 
 
-# Service and status names, lower-cased once each: the Events of a batch then share one
-# string per name instead of holding a copy each (a consumer holds ~10,000 Events in flight).
-# Bounded: a producer that sends ever-new names fills it once and is lower-cased per event.
-_LOWERED: dict[str, str] = {}
+class _Lowered(dict):
+    """Service and status names, lower-cased once each: the Events of a batch then share one
+    string per name instead of holding a copy each (a consumer holds ~10,000 Events in flight).
+    A hit is a dict lookup in C; bounded: a producer that sends ever-new names fills it once and
+    is lower-cased per event."""
+
+    def __missing__(self, value: str) -> str:
+        out = value.lower()
+        if len(self) < 4096:
+            self[value] = out
+        return out
 
 
-def _lowered(value: str) -> str:
-    if len(_LOWERED) >= 4096:
-        return value.lower()
-    out = _LOWERED[value] = value.lower()
-    return out
+_LOWERED = _Lowered()
 
 
 def _json(value: Any) -> orjson.Fragment | None:
@@ -450,12 +453,12 @@ _new_event = tuple.__new__
 
 
 def _from_tracker(doc: dict) -> Event:
-    status = _LOWERED.get(doc["status"]) or _lowered(doc["status"])
+    status = _LOWERED[doc["status"]]
     get = doc.get
     return _new_event(Event, (
         _event_id(doc, get("event_id")),                                        # event_id
         doc["trace_id"],                                                        # trace_id
-        _LOWERED.get(doc["service"]) or _lowered(doc["service"]),             # service
+        _LOWERED[doc["service"]],                                               # service
         status,                                                                 # status
         status in ERROR_STATUSES,                                               # failed
         parse_time(doc["timestamp"], "timestamp"),                              # timestamp
@@ -475,12 +478,12 @@ def _from_tracker(doc: dict) -> Event:
 
 
 def _from_payload_tracker(doc: dict) -> Event:
-    status = _LOWERED.get(doc["status"]) or _lowered(doc["status"])
+    status = _LOWERED[doc["status"]]
     get = doc.get
     return _new_event(Event, (
         derive_event_id(doc),                                                   # event_id
         doc["request_id"],                                                      # trace_id
-        _LOWERED.get(doc["service"]) or _lowered(doc["service"]),             # service
+        _LOWERED[doc["service"]],                                               # service
         status,                                                                 # status
         status in ERROR_STATUSES,                                               # failed
         parse_time(doc["date"], "date"),                                        # timestamp
@@ -507,7 +510,7 @@ def _from_status_api(doc: dict) -> Event:
     return _new_event(Event, (
         _event_id(doc, get("trace_event_id")),                                  # event_id
         doc["trace_id"],                                                        # trace_id
-        _LOWERED.get(doc["component"]) or _lowered(doc["component"]),         # service
+        _LOWERED[doc["component"]],                                             # service
         status,                                                                 # status
         status in ERROR_STATUSES,                                               # failed
         # The event happened when the step ended; a step still running is dated by its start.

@@ -18,10 +18,15 @@ def _start(e: Event):
     return min(e.timestamp, e.start_time or e.timestamp)
 
 
+def one_per_key(events: list[Event]) -> list[Event]:
+    """The events as the events table keeps them: one per key (event_id, ts)."""
+    return list({(e.event_id, e.timestamp): e for e in events}.values())
+
+
 def expected_state(events: list[Event]) -> tuple[dict, dict]:
     """({trace_id: trace fields}, {(trace_id, service): service fields}) from the events, one per
-    key (event_id, ts), as the events table keeps them."""
-    unique = {(e.event_id, e.timestamp): e for e in events}.values()
+    key (one_per_key)."""
+    unique = one_per_key(events)
     by_trace: dict[str, list[Event]] = defaultdict(list)
     for event in unique:
         by_trace[event.trace_id].append(event)
@@ -85,7 +90,7 @@ def _hour(ts):
 
 def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
     """({(minute, service, status): events}, {(hour, kind, service, failed, bin): n}) from scratch."""
-    unique = list({(e.event_id, e.timestamp): e for e in events}.values())
+    unique = one_per_key(events)
     counts: dict = defaultdict(int)
     for e in unique:
         counts[(e.timestamp.replace(second=0, microsecond=0), e.service, e.status)] += 1
