@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -20,9 +20,13 @@ from aiokafka.errors import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.metrics import ConsumerMetrics
+from consumer.service import _init_connection
+from consumer.sink import Sink
 from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce, wait_stored
-from tests.helpers.kafka import read_all
+from tests.helpers.kafka import read_all, wait_all_committed
+from tracker.db import create_pool
 from tracker.devservices.ports import free_port
 
 
@@ -265,3 +269,46 @@ async def test_a_consumer_of_a_topic_that_does_not_exist_says_which_and_exits(se
     assert code == 1
     assert f"{settings.topic} do not exist" in consumer.log() and "tracker topics" in consumer.log(), consumer.log()
 
+
+
+async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, kafka_bootstrap):
+    """A writer's offset commit runs while it writes its next batch (consumer/sink.py); a stop
+    must still end with every stored batch committed. The broker is made slow to commit (each
+    commit waits a second before it is sent), so the stop comes while the last one is on its way."""
+    now = datetime.now(timezone.utc)
+    messages = [(f"c-{i % 3}".encode(), encode(payload_tracker(f"c-{i % 3}", "svc", f"s{i}", now))) for i in range(30)]
+    await produce(kafka_bootstrap, settings.topic, messages)
+    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=4)
+    consumer = AIOKafkaConsumer(settings.topic, bootstrap_servers=kafka_bootstrap, group_id=settings.consumer_group,
+                        enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await consumer.start()
+    await producer.start()
+    commit = consumer.commit
+    started = []
+
+    async def slow_commit(offsets):
+        started.append(time.monotonic())
+        await asyncio.sleep(1)
+        await commit(offsets)
+
+    consumer.commit = slow_commit
+    stop = asyncio.Event()
+    sink = Sink(settings, consumer, producer, pool, ConsumerMetrics(), stop, dead_letter_limit=1 << 20)
+    running = asyncio.create_task(sink.run())
+    try:
+        await wait_stored(db, 30, timeout=60)
+        deadline = time.monotonic() + 30
+        while not started:
+            assert time.monotonic() < deadline, "no commit started"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        # Committed before run() returned: nothing left on its way.
+        await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group, timeout=0.5)
+    finally:
+        stop.set()
+        running.cancel()
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
