@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -57,8 +57,15 @@ async def one_by_one(bootstrap: str, n: int) -> tuple[float, int]:
     started = time.perf_counter()
     for i in range(n):
         trace = f"trace-{i % 5000}"
-        event = {"trace_id": trace, "event_id": str(uuid.uuid4()), "service": "bench", "status": "success",
-                 "timestamp": datetime.now(timezone.utc).isoformat(), "operation": "copy", "body": BODY}
+        event = {
+            "trace_id": trace,
+            "event_id": str(uuid.uuid4()),
+            "service": "bench",
+            "status": "success",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "operation": "copy",
+            "body": BODY,
+        }
         await producer.send_and_wait(topic, orjson.dumps(event), key=trace.encode())
     elapsed = time.perf_counter() - started
     await producer.stop()
@@ -100,15 +107,18 @@ async def main_async(args, bootstrap: str) -> None:
 
     async_s, async_n, async_lost = await async_tracker(bootstrap, args.events)
     async_rate = async_n / async_s
-    print(f"Tracker: {async_n:,} of {args.events:,} delivered ({async_lost} lost), {async_rate:,.0f} events/s",
-          flush=True)
+    print(
+        f"Tracker: {async_n:,} of {args.events:,} delivered ({async_lost} lost), {async_rate:,.0f} events/s", flush=True
+    )
 
     topic = await fresh_topic(bootstrap, "sync")
     sync_s, sync_lost = await asyncio.to_thread(sync_tracker, bootstrap, topic, args.events)
     sync_n = await topic_size(bootstrap, topic) - 1
     sync_rate = sync_n / sync_s
-    print(f"SyncTracker: {sync_n:,} of {args.events:,} delivered ({sync_lost} lost), {sync_rate:,.0f} events/s",
-          flush=True)
+    print(
+        f"SyncTracker: {sync_n:,} of {args.events:,} delivered ({sync_lost} lost), {sync_rate:,.0f} events/s",
+        flush=True,
+    )
 
     def verdict(rate: float, target: int, delivered: int) -> str:
         return "met" if rate >= target and delivered == args.events else "NOT met"
@@ -116,10 +126,14 @@ async def main_async(args, bootstrap: str) -> None:
     print()
     print(f"producer library, burst of {args.events:,} events to one local broker (acks=all, idempotent)")
     print(f"  baseline, one round trip per event: {base_rate:>10,.0f} events/s")
-    print(f"  Tracker:                            {async_rate:>10,.0f} events/s   x{async_rate / base_rate:.0f} "
-          f"the baseline; target >= {TRACKER_TARGET:,}: {verdict(async_rate, TRACKER_TARGET, async_n)}")
-    print(f"  SyncTracker:                        {sync_rate:>10,.0f} events/s   x{sync_rate / base_rate:.0f} "
-          f"the baseline; target >= {SYNC_TARGET:,}: {verdict(sync_rate, SYNC_TARGET, sync_n)}")
+    print(
+        f"  Tracker:                            {async_rate:>10,.0f} events/s   x{async_rate / base_rate:.0f} "
+        f"the baseline; target >= {TRACKER_TARGET:,}: {verdict(async_rate, TRACKER_TARGET, async_n)}"
+    )
+    print(
+        f"  SyncTracker:                        {sync_rate:>10,.0f} events/s   x{sync_rate / base_rate:.0f} "
+        f"the baseline; target >= {SYNC_TARGET:,}: {verdict(sync_rate, SYNC_TARGET, sync_n)}"
+    )
 
 
 def main() -> None:

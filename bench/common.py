@@ -10,12 +10,12 @@ import random
 import shutil
 import tempfile
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
 
 from tracker.devservices import services as devservices
 from tracker.devservices.postgres import create_database
+from tracker.events import Event, parse_message
 from tracker.migrate import migrate
 from tracker.settings import Settings
 
@@ -32,10 +32,12 @@ def services(postgres: bool = True, kafka: bool = True):
     try:
         with contextlib.ExitStack() as started:
             # Durable settings (fsync on): the numbers are what a real server would give.
-            pg = started.enter_context(devservices.postgres(settings, state / "postgres", durable=True)) \
-                if postgres else None
-            broker = started.enter_context(devservices.kafka(settings, state / "kafka", heap="1g")) \
-                if kafka else None
+            pg = (
+                started.enter_context(devservices.postgres(settings, state / "postgres", durable=True))
+                if postgres
+                else None
+            )
+            broker = started.enter_context(devservices.kafka(settings, state / "kafka", heap="1g")) if kafka else None
             yield (broker.bootstrap_servers if broker else None), (pg.url if pg else None)
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -59,7 +61,7 @@ def dataset(n: int, seed: int = 1, events_per_trace: int = 10) -> list[tuple[byt
     days), where daily partitions exist, or it all lands in events_default and the benchmark
     measures a table no deployment would write to."""
     rng = random.Random(seed)
-    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=13)
     out: list[tuple[datetime, bytes, bytes]] = []
     trace_no = 0
@@ -73,24 +75,39 @@ def dataset(n: int, seed: int = 1, events_per_trace: int = 10) -> list[tuple[byt
             for step in ("received", "success"):
                 at += timedelta(milliseconds=rng.randrange(5, 3000))
                 if status_api:
-                    doc = {"trace_id": trace_id, "trace_event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                           "component": service, "operation": f"{service}.handle",
-                           "trace_event_status": "OK", "trace_status": "CONTINUE",
-                           "start_time": (at - timedelta(milliseconds=400)).isoformat(), "end_time": at.isoformat(),
-                           "domain": "datasets", "domain_id": f"ds-{trace_no % 5000}",
-                           "status_body": {"files_incoming": [f"s3://raw/{trace_id}/{k}.csv" for k in range(2)],
-                                           "files_outgoing": [f"s3://clean/{trace_id}/{k}.parquet" for k in range(2)]},
-                           "meta": {"git_rev": "9f3c2ab", "version": "1.4.2"}}
+                    doc = {
+                        "trace_id": trace_id,
+                        "trace_event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "component": service,
+                        "operation": f"{service}.handle",
+                        "trace_event_status": "OK",
+                        "trace_status": "CONTINUE",
+                        "start_time": (at - timedelta(milliseconds=400)).isoformat(),
+                        "end_time": at.isoformat(),
+                        "domain": "datasets",
+                        "domain_id": f"ds-{trace_no % 5000}",
+                        "status_body": {
+                            "files_incoming": [f"s3://raw/{trace_id}/{k}.csv" for k in range(2)],
+                            "files_outgoing": [f"s3://clean/{trace_id}/{k}.parquet" for k in range(2)],
+                        },
+                        "meta": {"git_rev": "9f3c2ab", "version": "1.4.2"},
+                    }
                     if step == "success" and i == len(services) - 1:
                         doc["trace_status"] = "FINISHED"
                 else:
-                    doc = {"service": service, "source": "inventory", "account": f"{trace_no % 100000:07d}",
-                           "org_id": str(trace_no % 20000), "request_id": trace_id,
-                           "inventory_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                           "system_id": str(uuid.UUID(int=rng.getrandbits(128))), "status": step,
-                           "status_msg": f"{service} {step} payload {trace_id} after validation of 3 files, "
-                                         "checksums verified, forwarded to the next stage of the pipeline",
-                           "date": at.isoformat()}
+                    doc = {
+                        "service": service,
+                        "source": "inventory",
+                        "account": f"{trace_no % 100000:07d}",
+                        "org_id": str(trace_no % 20000),
+                        "request_id": trace_id,
+                        "inventory_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "system_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "status": step,
+                        "status_msg": f"{service} {step} payload {trace_id} after validation of 3 files, "
+                        "checksums verified, forwarded to the next stage of the pipeline",
+                        "date": at.isoformat(),
+                    }
                 out.append((at, trace_id.encode(), json.dumps(doc).encode()))
                 if len(out) == n:
                     break
@@ -109,3 +126,14 @@ def rss_peak_bytes(pid: int) -> int:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def valid_events(values) -> list[Event]:
+    """The benchmark's messages as events; every one must be valid (a data set bug otherwise)."""
+    events = []
+    for value in values:
+        event = parse_message(value, max_bytes=1 << 20)
+        if not isinstance(event, Event):
+            raise ValueError(f"a benchmark message is invalid: {event}")
+        events.append(event)
+    return events

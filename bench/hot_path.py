@@ -23,7 +23,7 @@ import time
 import asyncpg
 import orjson
 
-from bench.common import dataset, fresh_database, services
+from bench.common import dataset, fresh_database, services, valid_events
 from bench.ingest import _cpu_ticks
 from consumer.store import prepare_connection, write_batch
 from tracker.db import init_connection
@@ -46,14 +46,15 @@ def parse_cpu(values: list[bytes], rounds: int) -> tuple[float, float]:
 
 async def write_cpu(admin_url: str, events: list[Event], batch: int, rounds: int) -> dict[str, tuple[float, float]]:
     """Per path, best (client, PostgreSQL backend) CPU µs per event, each round on a fresh database."""
+
     async def state(conn):
         for i in range(0, len(events), batch):
-            await write_batch(conn, events[i:i + batch])
+            await write_batch(conn, events[i : i + batch])
 
     async def copy(conn):
         for i in range(0, len(events), batch):
             async with conn.transaction():
-                await conn.copy_records_to_table("events", records=events[i:i + batch], columns=EVENT_COLUMNS)
+                await conn.copy_records_to_table("events", records=events[i : i + batch], columns=EVENT_COLUMNS)
 
     hz = os.sysconf("SC_CLK_TCK")
     best: dict[str, tuple[float, float]] = {}
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     values = [v for _, v in dataset(args.events)]
-    events = [parse_message(v, max_bytes=MAX_BYTES) for v in values]
+    events = valid_events(values)
     assert all(isinstance(e, Event) for e in events)
     # As the consumer sets it up (consumer/service.py): the long-lived objects out of the
     # collector's way, and a collection every 50,000 allocations rather than 700.
@@ -91,8 +92,10 @@ def main() -> None:
     parse, loads = parse_cpu(values, args.rounds)
     with services(kafka=False) as (_, admin_url):
         write = asyncio.run(write_cpu(admin_url, events, args.batch, args.rounds))
-    print(f"hot path, {args.events:,} events, batches of {args.batch}, best of {args.rounds} rounds, "
-          "CPU microseconds per event:")
+    print(
+        f"hot path, {args.events:,} events, batches of {args.batch}, best of {args.rounds} rounds, "
+        "CPU microseconds per event:"
+    )
     print(f"  parse_message (decode, validate, normalise): {parse:6.2f}   floor, orjson.loads alone: {loads:6.2f}")
     (wc, ws), (cc, cs) = write["write_batch"], write["copy"]
     print(f"  write_batch, this process:                   {wc:6.2f}   floor, one COPY of the events: {cc:6.2f}")

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -49,23 +49,31 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import dataset, fresh_database, rss_peak_bytes, services
+from bench.common import dataset, fresh_database, rss_peak_bytes, services, valid_events
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import drop_database
-from tracker.events import EVENT_COLUMNS, Event, parse_message
+from tracker.events import EVENT_COLUMNS, Event
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
-INSERT_ONE = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-              f"VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))})"
-              " ON CONFLICT (event_id, ts) DO NOTHING")
+INSERT_ONE = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))})"
+    " ON CONFLICT (event_id, ts) DO NOTHING"
+)
 
 
 async def produce(bootstrap: str, topic: str, messages) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
-                                max_batch_size=512 * 1024, compression_type=None)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        compression_type=None,
+    )
     await producer.start()
     started = time.perf_counter()
     try:
@@ -111,8 +119,13 @@ async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) ->
 
 def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "consumer"], env=settings.child_environ(), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumer"],
+            env=settings.child_environ(),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[float, subprocess.Popen, int]:
@@ -152,8 +165,7 @@ async def per_message(admin_url: str, values: list[bytes]) -> float:
     conn = await asyncpg.connect(url)
     await init_connection(conn)
     started = time.perf_counter()
-    for value in values:
-        event = parse_message(value, max_bytes=1 << 20)
+    for event in valid_events(values):
         await conn.execute(INSERT_ONE, *event)
     elapsed = time.perf_counter() - started
     await conn.close()
@@ -169,15 +181,16 @@ async def latency(bootstrap: str, topic: str, database_url: str, rate: int, seco
     seen: dict[str, float] = {}
     # The probe's events are dated now: bounding ts lets PostgreSQL read today's partition only,
     # so the poller stays cheap and measures the consumer, not itself.
-    phase_start = datetime.now(timezone.utc) - timedelta(minutes=1)
+    phase_start = datetime.now(UTC) - timedelta(minutes=1)
     done = asyncio.Event()
 
     async def poll():
         while not done.is_set() or len(seen) < len(sent):
             pending = [k for k in sent if k not in seen]
             if pending:
-                rows = await conn.fetch("SELECT event_id FROM events WHERE ts >= $2 AND event_id = ANY($1::text[])",
-                                        pending, phase_start)
+                rows = await conn.fetch(
+                    "SELECT event_id FROM events WHERE ts >= $2 AND event_id = ANY($1::text[])", pending, phase_start
+                )
                 now = time.perf_counter()
                 for row in rows:
                     seen[row["event_id"]] = now
@@ -191,8 +204,13 @@ async def latency(bootstrap: str, topic: str, database_url: str, rate: int, seco
         while i < due:
             event_id = str(uuid.uuid4())
             trace_id = f"latency-{i // 10}"
-            doc = {"trace_id": trace_id, "event_id": event_id, "service": f"service-{i % 20:02d}",
-                   "status": "received", "timestamp": datetime.now(timezone.utc).isoformat()}
+            doc = {
+                "trace_id": trace_id,
+                "event_id": event_id,
+                "service": f"service-{i % 20:02d}",
+                "status": "received",
+                "timestamp": datetime.now(UTC).isoformat(),
+            }
             sent[event_id] = time.perf_counter()
             await producer.send(topic, orjson.dumps(doc), key=trace_id.encode())
             i += 1
@@ -293,14 +311,20 @@ async def events_stored(conn) -> int:
     return await conn.fetchval("SELECT count(*) FROM events")
 
 
-async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settings, n: int, processes: int,
-                    run: str) -> float:
+async def scale_out(
+    bootstrap: str, admin_url: str, topic: str, settings: Settings, n: int, processes: int, run: str
+) -> float:
     """Events/s of one consumer command with ``processes`` processes (TRACKER_CONSUMER_PROCESSES)
     on the topic's first ``n`` events (a fresh group and database, dropped after)."""
     database_url = await fresh_database(admin_url, prefix=f"bench_scale{processes}")
     conn = await asyncpg.connect(database_url)
-    member = dataclasses.replace(settings, database_url=database_url, consumer_port=free_port(),
-                                 consumer_group=f"bench-scale{processes}-{run}", consumer_processes=processes)
+    member = dataclasses.replace(
+        settings,
+        database_url=database_url,
+        consumer_port=free_port(),
+        consumer_group=f"bench-scale{processes}-{run}",
+        consumer_processes=processes,
+    )
     proc = start_consumer(member, Path(f"/tmp/bench-ingest-scale{processes}-{run}.log"))
     try:
         started = time.perf_counter()
@@ -316,21 +340,27 @@ async def scale_out(bootstrap: str, admin_url: str, topic: str, settings: Settin
         await settle(admin_url, database_url)  # the next run and the ceiling do not pay for this one
 
 
-async def steady_latency(bootstrap: str, admin_url: str, settings: Settings, args, run: str, name: str,
-                         rate: int) -> tuple[list[float], int, int]:
+async def steady_latency(
+    bootstrap: str, admin_url: str, settings: Settings, args, run: str, name: str, rate: int
+) -> tuple[list[float], int, int]:
     """Produce-to-queryable at ``rate``, measured apart from the bulk load (whose checkpoints and
     autovacuum would otherwise be what is measured): a fresh topic, database and consumer, a 5 s
     warm-up not counted. Returns the latencies, the consumer's peak PSS and its peak RSS (summed)."""
     topic = f"bench.latency{name}.{run}"
     await ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=args.partitions)
-    steady = dataclasses.replace(settings, topic=topic, dlq_topic=f"{topic}.dlq",
-                                 consumer_group=f"bench-latency{name}-{run}",
-                                 database_url=await fresh_database(admin_url, prefix=f"bench_latency{name.replace('-', '_')}"))
+    database_url = await fresh_database(admin_url, prefix=f"bench_latency{name.replace('-', '_')}")
+    steady = dataclasses.replace(
+        settings,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        consumer_group=f"bench-latency{name}-{run}",
+        database_url=database_url,
+    )
     proc = start_consumer(steady, Path(f"/tmp/bench-ingest-latency{name}-{run}.log"))
     memory = MemorySampler(proc.pid)
     try:
-        await latency(bootstrap, topic, steady.database_url, rate, 5)
-        latencies = await latency(bootstrap, topic, steady.database_url, rate, args.latency_seconds)
+        await latency(bootstrap, topic, database_url, rate, 5)
+        latencies = await latency(bootstrap, topic, database_url, rate, args.latency_seconds)
         return latencies, memory.stop(), tree_rss_peak_bytes(process_tree(proc.pid))
     finally:
         proc.terminate()
@@ -361,8 +391,7 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     messages = dataset(args.events)
     values = [v for _, v in messages]
     mean_size = sum(len(v) for v in values) / len(values)
-    events = [parse_message(v, max_bytes=1 << 20) for v in values]
-    assert all(isinstance(e, Event) for e in events)
+    events = valid_events(values)
     print(f"  {len({e.trace_id for e in events}):,} traces, mean message {mean_size:.0f} bytes", flush=True)
 
     run = uuid.uuid4().hex[:8]
@@ -378,10 +407,18 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     await asyncio.to_thread(os.sync)
 
     database_url = await fresh_database(admin_url, prefix="bench_ingest")
-    settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
-                                 dlq_topic=f"{topic}.dlq", consumer_group=f"bench-{run}",
-                                 consumer_port=free_port(), log_level="WARNING", consumer_processes=args.processes,
-                                 **({"batch_max_records": args.batch} if args.batch else {}))
+    settings = Settings.from_env(
+        {},
+        kafka_bootstrap_servers=bootstrap,
+        database_url=database_url,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        consumer_group=f"bench-{run}",
+        consumer_port=free_port(),
+        log_level="WARNING",
+        consumer_processes=args.processes,
+        **({"batch_max_records": args.batch} if args.batch else {}),
+    )
     log_path = Path(f"/tmp/bench-ingest-consumer-{run}.log")
     cpu_before = cpu_seconds()
     consumer_s, proc, pss = await time_consumer(settings, args.events, log_path)
@@ -398,8 +435,9 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     await settle(admin_url, database_url)
 
     latencies, steady_pss, steady_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "", args.rate)
-    high_latencies, high_pss, high_rss = await steady_latency(bootstrap, admin_url, settings, args, run, "-high",
-                                                              args.high_rate)
+    high_latencies, high_pss, high_rss = await steady_latency(
+        bootstrap, admin_url, settings, args, run, "-high", args.high_rate
+    )
     rss, pss = max(rss, steady_rss, high_rss), max(pss, steady_pss, high_pss)
 
     scale_n = min(args.scale_events, args.events)
@@ -417,32 +455,48 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     print(f"one INSERT per message ({len(sample):,} events): {one_rate:,.0f} events/s", flush=True)
 
     print()
-    print(f"ingest of {args.events:,} events, {args.partitions} partitions, batches of up to "
-          f"{settings.batch_max_records}, {settings.consumer_processes} consumer process(es) "
-          f"(TRACKER_CONSUMER_PROCESSES) of {settings.consumer_writers} writers each")
+    print(
+        f"ingest of {args.events:,} events, {args.partitions} partitions, batches of up to "
+        f"{settings.batch_max_records}, {settings.consumer_processes} consumer process(es) "
+        f"(TRACKER_CONSUMER_PROCESSES) of {settings.consumer_writers} writers each"
+    )
     print(f"  consumer (validate + dead-letter + events + trace state, commit): {consumer_rate:>10,.0f} events/s")
-    print(f"  ceiling: one COPY of the same rows, events table only:           {copy_rate:>10,.0f} events/s"
-          f"   consumer = {consumer_rate / copy_rate:.0%} of it")
-    print(f"  ancestors: one INSERT per message:                                {one_rate:>10,.0f} events/s"
-          f"   consumer = x{consumer_rate / one_rate:.1f}")
+    print(
+        f"  ceiling: one COPY of the same rows, events table only:           {copy_rate:>10,.0f} events/s"
+        f"   consumer = {consumer_rate / copy_rate:.0%} of it"
+    )
+    print(
+        f"  ancestors: one INSERT per message:                                {one_rate:>10,.0f} events/s"
+        f"   consumer = x{consumer_rate / one_rate:.1f}"
+    )
     per_k = 1000 / args.events
-    print(f"  CPU seconds per 1,000 events during the consumer phase: consumer {consumer_cpu * per_k:.3f}, "
-          f"PostgreSQL {(cpu_after['postgres'] - cpu_before['postgres']) * per_k:.3f}, "
-          f"broker {(cpu_after['broker'] - cpu_before['broker']) * per_k:.3f} "
-          f"(2 cores = {2 * consumer_s * per_k:.3f} available)")
-    print(f"  TRACKER_CONSUMER_PROCESSES on {args.partitions} partitions ({scale_n:,} events): "
-          + ", ".join(f"{k}: {rate:,.0f} events/s" for k, rate in scale.items()))
-    print(f"  consumer memory, its {len(tree)} process(es) summed: peak PSS {pss / 2**20:.0f} MiB "
-          f"(peak RSS {rss / 2**20:.0f} MiB, largest process {largest / 2**20:.0f} MiB)   "
-          f"(target <= 150 MiB: {'met' if pss <= 150 * 2**20 else 'NOT met'})")
-    for rate, values, target in ((args.rate, latencies, 0.25), (args.high_rate, high_latencies, 1.0)):
-        p99 = percentile(values, 99)
-        print(f"  produce-to-queryable at {rate:,} events/s for {args.latency_seconds:.0f} s "
-              f"({len(values):,} events): p50 {percentile(values, 50) * 1000:.0f} ms, "
-              f"p99 {p99 * 1000:.0f} ms, max {max(values) * 1000:.0f} ms   "
-              f"(target p99 <= {target * 1000:.0f} ms: {'met' if p99 <= target else 'NOT met'})")
-    print(f"  targets: consumer >= 40% of the ceiling: {'met' if consumer_rate >= 0.4 * copy_rate else 'NOT met'}; "
-          f">= x10 one INSERT per message: {'met' if consumer_rate >= 10 * one_rate else 'NOT met'}")
+    print(
+        f"  CPU seconds per 1,000 events during the consumer phase: consumer {consumer_cpu * per_k:.3f}, "
+        f"PostgreSQL {(cpu_after['postgres'] - cpu_before['postgres']) * per_k:.3f}, "
+        f"broker {(cpu_after['broker'] - cpu_before['broker']) * per_k:.3f} "
+        f"(2 cores = {2 * consumer_s * per_k:.3f} available)"
+    )
+    print(
+        f"  TRACKER_CONSUMER_PROCESSES on {args.partitions} partitions ({scale_n:,} events): "
+        + ", ".join(f"{k}: {rate:,.0f} events/s" for k, rate in scale.items())
+    )
+    print(
+        f"  consumer memory, its {len(tree)} process(es) summed: peak PSS {pss / 2**20:.0f} MiB "
+        f"(peak RSS {rss / 2**20:.0f} MiB, largest process {largest / 2**20:.0f} MiB)   "
+        f"(target <= 150 MiB: {'met' if pss <= 150 * 2**20 else 'NOT met'})"
+    )
+    for rate, seconds, target in ((args.rate, latencies, 0.25), (args.high_rate, high_latencies, 1.0)):
+        p99 = percentile(seconds, 99)
+        print(
+            f"  produce-to-queryable at {rate:,} events/s for {args.latency_seconds:.0f} s "
+            f"({len(seconds):,} events): p50 {percentile(seconds, 50) * 1000:.0f} ms, "
+            f"p99 {p99 * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms   "
+            f"(target p99 <= {target * 1000:.0f} ms: {'met' if p99 <= target else 'NOT met'})"
+        )
+    print(
+        f"  targets: consumer >= 40% of the ceiling: {'met' if consumer_rate >= 0.4 * copy_rate else 'NOT met'}; "
+        f">= x10 one INSERT per message: {'met' if consumer_rate >= 10 * one_rate else 'NOT met'}"
+    )
 
 
 def main() -> None:
@@ -455,8 +509,12 @@ def main() -> None:
     parser.add_argument("--high-rate", type=int, default=8000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--scale-events", type=int, default=300_000)
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="TRACKER_CONSUMER_PROCESSES of the consumer measured (default: one per core)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="TRACKER_CONSUMER_PROCESSES of the consumer measured (default: one per core)",
+    )
     args = parser.parse_args()
     # The local services are started outside the event loop (their readiness checks run their own).
     with services() as (bootstrap, admin_url):

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -71,8 +71,10 @@ DERIVE = [
     """INSERT INTO trace_services (trace_id, service, first_at, last_at, event_count, latest_at, latest_event_id,
                                    latest_status, latest_failed, start_at, outcome_at, outcome_event_id, outcome_failed)
        SELECT trace_id, service, min(ts), max(ts), count(*),
-              (array_agg(ts ORDER BY ts DESC, event_id DESC))[1], (array_agg(event_id ORDER BY ts DESC, event_id DESC))[1],
-              (array_agg(status ORDER BY ts DESC, event_id DESC))[1], (array_agg(failed ORDER BY ts DESC, event_id DESC))[1],
+              (array_agg(ts ORDER BY ts DESC, event_id DESC))[1],
+              (array_agg(event_id ORDER BY ts DESC, event_id DESC))[1],
+              (array_agg(status ORDER BY ts DESC, event_id DESC))[1],
+              (array_agg(failed ORDER BY ts DESC, event_id DESC))[1],
               min(ts),
               (array_agg(ts ORDER BY ts, event_id) FILTER (WHERE status = 'success' OR failed))[1],
               (array_agg(event_id ORDER BY ts, event_id) FILTER (WHERE status = 'success' OR failed))[1],
@@ -119,13 +121,13 @@ async def load(url: str, traces: int) -> None:
             return
         if loaded:
             raise SystemExit("the database holds another data set; use a new --keep folder")
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         existing = await existing_partitions(conn)
         for d in range(-DAYS - 1, 2):
             day = today + timedelta(days=d)
             if partition_name(day) not in existing:
                 await create_partition(conn, day)
-        start = datetime.now(timezone.utc) - timedelta(days=DAYS)
+        start = datetime.now(UTC) - timedelta(days=DAYS)
         began = time.perf_counter()
         chunk = 100_000
         for first in range(1, traces + 1, chunk):
@@ -145,24 +147,36 @@ async def load(url: str, traces: int) -> None:
 
 def lua_paths(paths: list[str]) -> str:
     quoted = ",".join('"' + p.replace('"', '\\"') + '"' for p in paths)
-    return (f"local paths = {{{quoted}}}\n"
-            "math.randomseed(os.time())\n"
-            "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n")
+    return (
+        f"local paths = {{{quoted}}}\n"
+        "math.randomseed(os.time())\n"
+        "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
+    )
 
 
 def wrk(base_url: str, paths: list[str], duration: int, connections: int, workdir: Path) -> dict:
     script = workdir / "paths.lua"
     script.write_text(lua_paths(paths))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-                          base_url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
+    rps = float(found.group(1))
     lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    found = re.match(r"([\d.]+)(\w+)", text)
+    if found is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    value, unit = found.groups()
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
 
@@ -193,27 +207,47 @@ async def baseline(url: str, traces: int) -> list[tuple[str, float, float]]:
 
     def pt_trace():
         t = f"trace-{rng.randrange(1, traces)}"
-        return [("SELECT count(*) FROM events WHERE trace_id = $1", (t,)),
-                ("SELECT * FROM events WHERE trace_id = $1 ORDER BY ts DESC OFFSET 0 LIMIT 10", (t,))]
+        return [
+            ("SELECT count(*) FROM events WHERE trace_id = $1", (t,)),
+            ("SELECT * FROM events WHERE trace_id = $1 ORDER BY ts DESC OFFSET 0 LIMIT 10", (t,)),
+        ]
 
-    results.append(("trace lookup", statistics.median(await series(pt_trace)),
-                    statistics.median(await series(ours_trace))))
+    results.append(
+        ("trace lookup", statistics.median(await series(pt_trace)), statistics.median(await series(ours_trace)))
+    )
 
     # 2. page 100 of one service's statuses, 50 per page: PT = exact COUNT + OFFSET; ours = keyset.
-    row = await conn.fetchrow("SELECT ts, event_id FROM events WHERE service = 'service-07' "
-                              "ORDER BY ts DESC, event_id DESC OFFSET 4950 LIMIT 1")
+    row = await conn.fetchrow(
+        "SELECT ts, event_id FROM events WHERE service = 'service-07' "
+        "ORDER BY ts DESC, event_id DESC OFFSET 4950 LIMIT 1"
+    )
+    assert row is not None, "the data set has fewer than 4,951 events of service-07"
 
     def pt_page():
-        return [("SELECT count(*) FROM events WHERE service = $1", ("service-07",)),
-                ("SELECT * FROM events WHERE service = $1 ORDER BY ts DESC, event_id DESC OFFSET 4950 LIMIT 50",
-                 ("service-07",))]
+        return [
+            ("SELECT count(*) FROM events WHERE service = $1", ("service-07",)),
+            (
+                "SELECT * FROM events WHERE service = $1 ORDER BY ts DESC, event_id DESC OFFSET 4950 LIMIT 50",
+                ("service-07",),
+            ),
+        ]
 
     def ours_page():
-        return [("SELECT * FROM events WHERE service = $1 AND (ts, event_id) < ($2, $3) "
-                 "ORDER BY ts DESC, event_id DESC LIMIT 51", ("service-07", row["ts"], row["event_id"]))]
+        return [
+            (
+                "SELECT * FROM events WHERE service = $1 AND (ts, event_id) < ($2, $3) "
+                "ORDER BY ts DESC, event_id DESC LIMIT 51",
+                ("service-07", row["ts"], row["event_id"]),
+            )
+        ]
 
-    results.append(("page 100 of a service's statuses", statistics.median(await series(pt_page)),
-                    statistics.median(await series(ours_page))))
+    results.append(
+        (
+            "page 100 of a service's statuses",
+            statistics.median(await series(pt_page)),
+            statistics.median(await series(ours_page)),
+        )
+    )
     await conn.close()
     return results
 
@@ -254,8 +288,13 @@ def main() -> None:
 
         port = free_port()
         settings = Settings.from_env({}, database_url=url, api_port=port, log_level="WARNING")
-        api = subprocess.Popen([sys.executable, "-m", "tracker.api"], env=settings.child_environ(), cwd=ROOT,
-                               stdout=open(state / "api.log", "ab"), stderr=subprocess.STDOUT)
+        api = subprocess.Popen(
+            [sys.executable, "-m", "tracker.api"],
+            env=settings.child_environ(),
+            cwd=ROOT,
+            stdout=open(state / "api.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
@@ -271,19 +310,29 @@ def main() -> None:
         cases = [
             ("GET /v1/traces/{id}", [f"/v1/traces/{t}" for t in ids], ("p99 <= 10 ms", 10), 1500),
             ("GET /v1/traces/{id}/events", [f"/v1/traces/{t}/events" for t in ids], None, None),
-            ("search: service + status, 24h", [f"/v1/traces?service={s}&status=failed&lookback=24h"
-                                               for s in services], ("p99 <= 50 ms", 50), None),
+            (
+                "search: service + status, 24h",
+                [f"/v1/traces?service={s}&status=failed&lookback=24h" for s in services],
+                ("p99 <= 50 ms", 50),
+                None,
+            ),
             ("search: account", [f"/v1/traces?account={a}" for a in accounts], ("p99 <= 50 ms", 50), None),
             ("search: newest, 1h window", ["/v1/traces?lookback=1h&limit=50"], ("p99 <= 50 ms", 50), None),
-            ("events: service, 1h", [f"/v1/events?service={s}&lookback=1h" for s in services],
-             ("p99 <= 50 ms", 50), None),
+            (
+                "events: service, 1h",
+                [f"/v1/events?service={s}&lookback=1h" for s in services],
+                ("p99 <= 50 ms", 50),
+                None,
+            ),
             ("rollup: counts 24h by hour", ["/v1/stats/counts?lookback=24h&bucket=1h"], ("p99 <= 100 ms", 100), None),
             ("rollup: elapsed percentiles 24h", ["/v1/stats/elapsed?lookback=24h"], ("p99 <= 100 ms", 100), None),
             ("rollup: services 24h", ["/v1/services?lookback=24h"], ("p99 <= 100 ms", 100), None),
             ("rollup: success rate 24h", ["/v1/stats/success-rate?lookback=24h"], ("p99 <= 100 ms", 100), None),
         ]
-        print(f"\nwrk, 1 thread, {args.connections} connections, {args.duration} s per endpoint after a 3 s warm-up, "
-              "one API worker")
+        print(
+            f"\nwrk, 1 thread, {args.connections} connections, {args.duration} s per endpoint after a 3 s warm-up, "
+            "one API worker"
+        )
         print(f"  {'endpoint':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  target")
         for name, paths, latency_target, rps_target in cases:
             wrk(base, paths, 3, args.connections, state)  # warm-up, not counted: caches and pool
@@ -294,8 +343,10 @@ def main() -> None:
             if rps_target:
                 verdicts.append(f">= {rps_target} req/s: {'met' if r['rps'] >= rps_target else 'MISSED'}")
             errors = f"  ({r['non2xx']} non-2xx!)" if r["non2xx"] else ""
-            print(f"  {name:<34} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}  {'; '.join(verdicts)}{errors}",
-                  flush=True)
+            print(
+                f"  {name:<34} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}  {'; '.join(verdicts)}{errors}",
+                flush=True,
+            )
         rss = rss_peak_bytes(api.pid)
         print(f"  API peak RSS: {rss / 2**20:.0f} MiB (target <= 200 MB: {'met' if rss <= 200e6 else 'MISSED'})")
 

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -32,13 +32,16 @@ from tracker.topics import ensure_topics
 
 
 async def _send(producer, topic: str, trace_id: str) -> None:
-    doc = (f'{{"trace_id": "{trace_id}", "service": "bench", "status": "received", '
-           f'"timestamp": "{datetime.now(timezone.utc).isoformat()}"}}').encode()
+    doc = (
+        f'{{"trace_id": "{trace_id}", "service": "bench", "status": "received", '
+        f'"timestamp": "{datetime.now(UTC).isoformat()}"}}'
+    ).encode()
     await producer.send_and_wait(topic, doc, key=trace_id.encode())
 
 
-async def _until_stored(conn, producer, topic: str, trace_id: str, proc: subprocess.Popen,
-                        timeout: float = 120) -> float:
+async def _until_stored(
+    conn, producer, topic: str, trace_id: str, proc: subprocess.Popen, timeout: float = 120
+) -> float:
     """Send one event now and then every 0.2 s (any partition), until one is stored."""
     started = time.monotonic()
     n = 0
@@ -60,10 +63,17 @@ async def measure(bootstrap: str, admin_url: str, *, static: bool, restarts: int
     topic = f"bench.restart.{run}"
     await ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions=6)
     database_url = await fresh_database(admin_url, prefix="bench_restart")
-    settings = Settings.from_env({}, kafka_bootstrap_servers=bootstrap, database_url=database_url, topic=topic,
-                                 dlq_topic=f"{topic}.dlq", consumer_group=f"bench-restart-{run}",
-                                 consumer_port=free_port(), log_level="WARNING",
-                                 consumer_instance_id=f"bench-consumer-{run}" if static else None)
+    settings = Settings.from_env(
+        {},
+        kafka_bootstrap_servers=bootstrap,
+        database_url=database_url,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        consumer_group=f"bench-restart-{run}",
+        consumer_port=free_port(),
+        log_level="WARNING",
+        consumer_instance_id=f"bench-consumer-{run}" if static else None,
+    )
     log_path = Path(f"/tmp/bench-restart-{run}.log")
     conn = await asyncpg.connect(database_url)
     producer = await start_producer(bootstrap, acks="all")
@@ -88,18 +98,27 @@ async def measure(bootstrap: str, admin_url: str, *, static: bool, restarts: int
 
 
 async def main_async(args, bootstrap: str, admin_url: str) -> None:
-    print(f"kill -9, restart at once, time until an event is stored again ({args.restarts} restarts each; "
-          f"session timeout {Settings.from_env({}).session_timeout_ms / 1000:.0f} s)", flush=True)
+    print(
+        f"kill -9, restart at once, time until an event is stored again ({args.restarts} restarts each; "
+        f"session timeout {Settings.from_env({}).session_timeout_ms / 1000:.0f} s)",
+        flush=True,
+    )
     dynamic = await measure(bootstrap, admin_url, static=False, restarts=args.restarts)
-    print(f"  baseline, dynamic membership:        median {statistics.median(dynamic):5.1f} s, "
-          f"max {max(dynamic):5.1f} s", flush=True)
+    print(
+        f"  baseline, dynamic membership:        median {statistics.median(dynamic):5.1f} s, max {max(dynamic):5.1f} s",
+        flush=True,
+    )
     static = await measure(bootstrap, admin_url, static=True, restarts=args.restarts)
-    print(f"  static membership (instance id set): median {statistics.median(static):5.1f} s, "
-          f"max {max(static):5.1f} s", flush=True)
+    print(
+        f"  static membership (instance id set): median {statistics.median(static):5.1f} s, max {max(static):5.1f} s",
+        flush=True,
+    )
     ratio = statistics.median(dynamic) / max(statistics.median(static), 1e-3)
     met = max(static) < 2.0
-    print(f"  static / dynamic: {ratio:.1f}x faster; target (every restart under 2 s): "
-          f"{'met' if met else 'NOT met'}", flush=True)
+    print(
+        f"  static / dynamic: {ratio:.1f}x faster; target (every restart under 2 s): {'met' if met else 'NOT met'}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -19,25 +19,61 @@ import time
 
 import asyncpg
 
-from bench.common import dataset, fresh_database, services
+from bench.common import dataset, fresh_database, services, valid_events
 from consumer.store import CREATE_STAGING, write_batch
 from tracker.db import init_connection
-from tracker.events import EVENT_COLUMNS, Event, parse_message
+from tracker.events import EVENT_COLUMNS, Event
 
 _COLS = ", ".join(EVENT_COLUMNS)
-EXECUTEMANY = (f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))}) "
-               "ON CONFLICT (event_id, ts) DO NOTHING")
-_TYPES = ["text", "text", "text", "text", "boolean", "timestamptz", "text", "timestamptz", "timestamptz",
-          "float8", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
-          "text", "text", "text", "text", "text"]
+EXECUTEMANY = (
+    f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))}) "
+    "ON CONFLICT (event_id, ts) DO NOTHING"
+)
+_TYPES = [
+    "text",
+    "text",
+    "text",
+    "text",
+    "boolean",
+    "timestamptz",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+]
 # text[][] cannot be unnested row-wise, so errors travel as a JSON text and are cast back.
-UNNEST = (f"INSERT INTO events ({_COLS}) SELECT "
-          + ", ".join("ARRAY(SELECT jsonb_array_elements_text(c21::jsonb))" if i == 21
-                      else f"c{i}::jsonb" if EVENT_COLUMNS[i] in ("meta", "body") else f"c{i}"
-                      for i in range(len(EVENT_COLUMNS)))
-          + " FROM unnest(" + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-          + ") AS u(" + ", ".join(f"c{i}" for i in range(len(EVENT_COLUMNS)))
-          + ") ON CONFLICT (event_id, ts) DO NOTHING")
+UNNEST = (
+    f"INSERT INTO events ({_COLS}) SELECT "
+    + ", ".join(
+        "ARRAY(SELECT jsonb_array_elements_text(c21::jsonb))"
+        if i == 21
+        else f"c{i}::jsonb"
+        if EVENT_COLUMNS[i] in ("meta", "body")
+        else f"c{i}"
+        for i in range(len(EVENT_COLUMNS))
+    )
+    + " FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
+    + ") AS u("
+    + ", ".join(f"c{i}" for i in range(len(EVENT_COLUMNS)))
+    + ") ON CONFLICT (event_id, ts) DO NOTHING"
+)
 
 
 async def executemany(conn, events):
@@ -49,7 +85,7 @@ async def unnest(conn, events):
     import json
 
     records = events  # an Event is its own COPY record
-    columns = [list(col) for col in zip(*records)]
+    columns = [list(col) for col in zip(*records, strict=True)]
     columns[21] = [json.dumps(v) for v in columns[21]]
     for i in (23, 24):
         columns[i] = [None if v is None else json.dumps(v) for v in columns[i]]
@@ -59,10 +95,10 @@ async def unnest(conn, events):
 
 async def copy(conn, events):
     async with conn.transaction():
-        await conn.copy_records_to_table("staging_events", records=events,
-                                         columns=EVENT_COLUMNS)
-        await conn.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events "
-                           "ON CONFLICT (event_id, ts) DO NOTHING")
+        await conn.copy_records_to_table("staging_events", records=events, columns=EVENT_COLUMNS)
+        await conn.execute(
+            f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events ON CONFLICT (event_id, ts) DO NOTHING"
+        )
 
 
 async def copy_state(conn, events):
@@ -83,7 +119,7 @@ async def measure(admin_url: str, events: list[Event], batch: int) -> dict[str, 
         await conn.execute(CREATE_STAGING)
         started = time.perf_counter()
         for i in range(0, len(events), batch):
-            await path(conn, events[i:i + batch])
+            await path(conn, events[i : i + batch])
         elapsed = time.perf_counter() - started
         stored = await conn.fetchval("SELECT count(*) FROM events")
         assert stored == len(events), (name, stored)
@@ -98,14 +134,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)
     args = parser.parse_args()
-    events = [parse_message(v, max_bytes=1 << 20) for _, v in dataset(args.events)]
+    events = valid_events(v for _, v in dataset(args.events))
     print(f"write paths: {args.events:,} events, batches of {args.batch}")
     with services() as (_, admin_url):
         results = asyncio.run(measure(admin_url, events, args.batch))
-    best = max((k for k in results if k != "copy+state"), key=results.get)
-    print(f"fastest: {best}; vs executemany x{results[best] / results['executemany']:.2f}, "
-          f"vs unnest x{results[best] / results['unnest']:.2f}; "
-          f"rollups cost {100 * (1 - results['copy+state'] / results['copy']):.0f}% of the copy path")
+    best = max((k for k in results if k != "copy+state"), key=lambda k: results[k])
+    print(
+        f"fastest: {best}; vs executemany x{results[best] / results['executemany']:.2f}, "
+        f"vs unnest x{results[best] / results['unnest']:.2f}; "
+        f"rollups cost {100 * (1 - results['copy+state'] / results['copy']):.0f}% of the copy path"
+    )
 
 
 if __name__ == "__main__":

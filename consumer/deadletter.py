@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from tracker.db import Connection
 from tracker.events import Invalid
 
 log = logging.getLogger("tracker.consumer")
@@ -32,6 +33,7 @@ _OVERHEAD_BYTES = 1024
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
     """One row of dead_letters, in the order of COLUMNS."""
+
     topic: str
     partition: int
     offset: int
@@ -39,8 +41,8 @@ class DeadLetter:
     reason: str
     detail: str
     key: bytes | None
-    value: bytes | None   # cut to fit the dead-letter topic
-    size: int | None      # the original value's length
+    value: bytes | None  # cut to fit the dead-letter topic
+    size: int | None  # the original value's length
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [
@@ -69,16 +71,24 @@ def dead_letter(record: ConsumerRecord, invalid: Invalid, limit: int) -> DeadLet
     tracker.topics.record_limit). A cut value keeps its head, and a header gives the original
     length, so that the message can still be recognised and inspected."""
     known = record.timestamp is not None and record.timestamp >= 0  # None or -1: the producer gave none
-    at = datetime.fromtimestamp(record.timestamp / 1000, timezone.utc) if known else None
-    letter = DeadLetter(record.topic, record.partition, record.offset, at, invalid.reason,
-                        invalid.detail[:DETAIL_CHARS], record.key, record.value,
-                        None if record.value is None else len(record.value))
+    at = datetime.fromtimestamp(record.timestamp / 1000, UTC) if known else None
+    letter = DeadLetter(
+        record.topic,
+        record.partition,
+        record.offset,
+        at,
+        invalid.reason,
+        invalid.detail[:DETAIL_CHARS],
+        record.key,
+        record.value,
+        None if record.value is None else len(record.value),
+    )
     if letter.value is None:
         return letter
     header_bytes = sum(len(k) + len(v) for k, v in letter.headers()) + 64  # with the truncation header
     budget = limit - len(record.key or b"") - header_bytes - _OVERHEAD_BYTES
     if len(letter.value) > budget:
-        letter = dataclasses.replace(letter, value=letter.value[:max(0, budget)])
+        letter = dataclasses.replace(letter, value=letter.value[: max(0, budget)])
     return letter
 
 
@@ -90,7 +100,7 @@ ON CONFLICT (topic, "partition", "offset") DO NOTHING
 """
 
 
-async def record_dead_letters(conn: asyncpg.Connection, letters: list[DeadLetter]) -> None:
+async def record_dead_letters(conn: Connection, letters: list[DeadLetter]) -> None:
     """In the caller's transaction; a redelivered message's dead letter is already there."""
     if letters:
         await conn.execute(RECORD, *([getattr(d, c) for d in letters] for c in COLUMNS))
@@ -115,10 +125,10 @@ async def publish_pending(pool: asyncpg.Pool, producer: AIOKafkaProducer, topic:
             futures = []
             for row in rows:
                 letter = DeadLetter(*(row[c] for c in COLUMNS))
-                futures.append(await producer.send(topic, value=letter.value, key=letter.key,
-                                                   headers=letter.headers()))
+                futures.append(await producer.send(topic, value=letter.value, key=letter.key, headers=letter.headers()))
             for future in futures:
                 await future
-            await conn.execute("UPDATE dead_letters SET published_at = now() WHERE id = ANY($1::bigint[])",
-                               [row["id"] for row in rows])
+            await conn.execute(
+                "UPDATE dead_letters SET published_at = now() WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+            )
         published += len(rows)

@@ -71,9 +71,13 @@ def run_group(settings: Settings, serve) -> int:
     for index in range(settings.consumer_processes):
         port = free_port()
         member = dataclasses.replace(
-            settings, consumer_processes=1, consumer_host="127.0.0.1", consumer_port=port,
+            settings,
+            consumer_processes=1,
+            consumer_host="127.0.0.1",
+            consumer_port=port,
             # Static membership needs one id per member.
-            consumer_instance_id=f"{settings.consumer_instance_id}-{index}" if settings.consumer_instance_id else None)
+            consumer_instance_id=f"{settings.consumer_instance_id}-{index}" if settings.consumer_instance_id else None,
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -114,20 +118,28 @@ async def _supervise(settings: Settings, members: list[Member]) -> int:
     code = 0
     try:
         await web.TCPSite(runner, settings.consumer_host, settings.consumer_port).start()
-        log.info("consumer group of %d processes; metrics and health on http://%s:%s",
-                 len(members), settings.consumer_host, settings.consumer_port)
+        log.info(
+            "consumer group of %d processes; metrics and health on http://%s:%s",
+            len(members),
+            settings.consumer_host,
+            settings.consumer_port,
+        )
         while not stop.is_set():
             gone = _reap(members)
             if gone is not None:
-                log.error("consumer process %d (pid %d) exited with %s; stopping the others",
-                          gone.index, gone.pid, gone.exit_code)
+                log.error(
+                    "consumer process %d (pid %d) exited with %s; stopping the others",
+                    gone.index,
+                    gone.pid,
+                    gone.exit_code,
+                )
                 # Even a clean exit of one member is the end of the group: its partitions
                 # would otherwise sit with the others unnoticed by whoever restarts us.
                 code = gone.exit_code or 1
                 break
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         await _stop_members(members)
@@ -152,8 +164,7 @@ async def _stop_members(members: list[Member]) -> None:
         if asyncio.get_running_loop().time() > deadline:
             for member in members:
                 if member.exit_code is None:
-                    log.error("consumer process %d did not stop in %.0fs; killing it", member.index,
-                              STOP_GRACE_SECONDS)
+                    log.error("consumer process %d did not stop in %.0fs; killing it", member.index, STOP_GRACE_SECONDS)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(member.pid, signal.SIGKILL)
             deadline = float("inf")
@@ -164,7 +175,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     try:
         async with session.get(url) as response:
             return response.status, await response.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return 503, f"unreachable: {exc}"
 
 
@@ -180,25 +191,26 @@ class _Labelled:
             for family in text_string_to_metric_families(text):
                 out = families.get(family.name)
                 if out is None:
-                    out = families[family.name] = Metric(family.name, family.documentation, family.type,
-                                                         family.unit)
-                out.samples.extend(s._replace(labels={**s.labels, "process": str(index)})
-                                   for s in family.samples)
+                    out = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                out.samples.extend(s._replace(labels={**s.labels, "process": str(index)}) for s in family.samples)
         yield from families.values()
 
 
 def _app(members: list[Member], session: aiohttp.ClientSession) -> web.Application:
     async def each(path: str) -> list[tuple[Member, int, str]]:
         answers = await asyncio.gather(*(_get(session, m.url + path) for m in members))
-        return [(m, status, text) for m, (status, text) in zip(members, answers)]
+        return [(m, status, text) for m, (status, text) in zip(members, answers, strict=True)]
 
     async def health(path: str) -> web.Response:
         answers = await each(path)
-        processes = [{"process": m.index, "pid": m.pid, "status": "ok" if status == 200 else text[:300]}
-                     for m, status, text in answers]
+        processes = [
+            {"process": m.index, "pid": m.pid, "status": "ok" if status == 200 else text[:300]}
+            for m, status, text in answers
+        ]
         ok = all(status == 200 for _, status, _ in answers)
-        return web.json_response({"status": "ok" if ok else "unavailable", "processes": processes},
-                                 status=200 if ok else 503)
+        return web.json_response(
+            {"status": "ok" if ok else "unavailable", "processes": processes}, status=200 if ok else 503
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         return await health("/healthz")

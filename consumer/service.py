@@ -33,7 +33,7 @@ async def maintain(settings: Settings, pool, stop: asyncio.Event) -> None:
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.maintenance_interval_seconds)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         try:
             async with pool.acquire() as conn:
@@ -88,7 +88,8 @@ async def _start_kafka(settings: Settings, producer: AIOKafkaProducer, consumer:
         raise MissingTopics(
             f"the Kafka topic(s) {', '.join(missing)} do not exist on {settings.kafka_bootstrap_servers}; "
             f"create them with `tracker topics` (TRACKER_TOPIC_PARTITIONS partitions), or set TRACKER_TOPIC / "
-            f"TRACKER_DLQ_TOPIC to the topics your producers use")
+            f"TRACKER_DLQ_TOPIC to the topics your producers use"
+        )
     await consumer.start()
 
 
@@ -129,11 +130,14 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    metrics = ConsumerMetrics(max_services=settings.metrics_max_services,
-                              max_statuses=settings.metrics_max_statuses)
+    metrics = ConsumerMetrics(max_services=settings.metrics_max_services, max_statuses=settings.metrics_max_statuses)
     # One connection per writer; at least one more serves maintenance and /readyz without waiting.
-    pool = await create_pool(settings, init=_init_connection, min_size=1,
-                             max_size=max(settings.consumer_db_pool_max, settings.consumer_writers + 1))
+    pool = await create_pool(
+        settings,
+        init=_init_connection,
+        min_size=1,
+        max_size=max(settings.consumer_db_pool_max, settings.consumer_writers + 1),
+    )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
@@ -158,8 +162,12 @@ async def run(settings: Settings) -> None:
         fetch_max_bytes=max(settings.max_message_bytes * 4, 50 * 1024 * 1024),
     )
     dead_letter_limit = record_limit(settings.max_message_bytes)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, max_request_size=dead_letter_limit)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=dead_letter_limit,
+    )
     sink = Sink(settings, consumer, producer, pool, metrics, stop, dead_letter_limit=dead_letter_limit)
     runner = web.AppRunner(health_app(metrics, pool, sink), access_log=None)
     tasks: list[asyncio.Task] = []
@@ -171,8 +179,9 @@ async def run(settings: Settings) -> None:
         # Partitions exist before the first event is written (sink.run, below): if another
         # consumer is creating them (members of a group start together), wait for it. Joining
         # the group and starting the producer meanwhile saves their round trips at start.
-        if not await _unless_stopped(stop, _all(_prepare_partitions(settings, pool),
-                                                _start_kafka(settings, producer, consumer))):
+        if not await _unless_stopped(
+            stop, _all(_prepare_partitions(settings, pool), _start_kafka(settings, producer, consumer))
+        ):
             log.info("stopped while starting")
             return
         tasks.append(asyncio.create_task(maintain(settings, pool, stop)))

@@ -23,7 +23,11 @@ from typing import TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
-    CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError, RebalanceInProgressError,
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
 )
 from aiokafka.structs import ConsumerRecord
 
@@ -45,14 +49,14 @@ class ParsedBatch:
     """What writing and committing a fetch needs, and no more: the messages themselves are
     let go once parsed (kept, they were a third of a consumer's memory at its peak, with a
     fetch being parsed while two wait for their writers and two are written)."""
-    offsets: dict[TopicPartition, int]   # per partition, the offset to commit (last + 1)
-    timestamps: list[int]                # the messages' Kafka timestamps (ms), for the event lag
-    count: int                           # messages
+
+    offsets: dict[TopicPartition, int]  # per partition, the offset to commit (last + 1)
+    timestamps: list[int]  # the messages' Kafka timestamps (ms), for the event lag
+    count: int  # messages
     events: list[Event]
-    dead: list[DeadLetter]               # with the message: a dead letter carries it
+    dead: list[DeadLetter]  # with the message: a dead letter carries it
 
-
-    def merge(self, other: "ParsedBatch") -> None:
+    def merge(self, other: ParsedBatch) -> None:
         """Append a later fetch of the same writer's partitions."""
         for tp, offset in other.offsets.items():
             # max: a partition re-fetched from an earlier offset (it was revoked and assigned
@@ -90,15 +94,14 @@ class _Slot:
 
     async def put(self, parsed: ParsedBatch) -> None:
         async with self._changed:
-            await self._changed.wait_for(
-                lambda: self.batch is None or self.batch.count + parsed.count <= self.cap)
+            await self._changed.wait_for(lambda: self.batch is None or self.batch.count + parsed.count <= self.cap)
             if self.batch is None:
                 self.batch = parsed
             else:
                 self.batch.merge(parsed)
             self._changed.notify_all()
 
-    async def take(self) -> "ParsedBatch | None":
+    async def take(self) -> ParsedBatch | None:
         async with self._changed:
             await self._changed.wait_for(lambda: self.batch is not None or self.closed)
             batch, self.batch = self.batch, None
@@ -147,7 +150,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, sink: "Sink") -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked):
@@ -158,9 +161,13 @@ class _Rebalance(ConsumerRebalanceListener):
                 await held.enter_async_context(lock)
             try:
                 await self.sink.commits_done()
-            except Exception as exc:  # noqa: BLE001 - the new owner redelivers; it finds the events stored
-                log.warning("an offset commit failed before a rebalance (%s: %s); the new owner gets "
-                            "those messages again and finds their events stored", type(exc).__name__, exc)
+            except Exception as exc:  # the new owner redelivers; it finds the events stored
+                log.warning(
+                    "an offset commit failed before a rebalance (%s: %s); the new owner gets "
+                    "those messages again and finds their events stored",
+                    type(exc).__name__,
+                    exc,
+                )
             self.sink.forget(revoked)
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
@@ -170,9 +177,17 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Sink:
-    def __init__(self, settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                 pool: asyncpg.Pool, metrics: ConsumerMetrics, stop: asyncio.Event, *,
-                 dead_letter_limit: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        pool: asyncpg.Pool,
+        metrics: ConsumerMetrics,
+        stop: asyncio.Event,
+        *,
+        dead_letter_limit: int,
+    ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -238,11 +253,10 @@ class Sink:
                 # in Kafka, not in this process (memory: per writer one full slot and one batch
                 # being written, at most).
                 room = cap
-                for slot, task in zip(slots, writers):
+                for slot, task in zip(slots, writers, strict=True):
                     room = min(room, await _until(slot.room(max(1, cap // 4)), task))
                 self.last_poll = time.monotonic()
-                batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
-                                                    max_records=room)
+                batch = await self.consumer.getmany(timeout_ms=self.settings.batch_timeout_ms, max_records=room)
                 for task in writers:
                     if task.done():
                         await task  # a writer stopped early: surface its exception
@@ -276,7 +290,7 @@ class Sink:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _writer(self, slot: "_Slot", writer: int) -> None:
+    async def _writer(self, slot: _Slot, writer: int) -> None:
         while (parsed := await slot.take()) is not None:
             await self.store(parsed, writer)
 
@@ -299,7 +313,7 @@ class Sink:
                 self.metrics.lag.labels(partition).set(max(0, highwater - committed))
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _committed(self, tp: TopicPartition) -> int:
@@ -310,7 +324,7 @@ class Sink:
         self.committed[tp] = offset or 0
         return self.committed[tp]
 
-    async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[int, "ParsedBatch"]:
+    async def parse(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[int, ParsedBatch]:
         """Validate every record; the result split by writer (partition % writers)."""
         out: dict[int, ParsedBatch] = {}
         max_bytes = self.settings.max_message_bytes
@@ -331,18 +345,19 @@ class Sink:
                     await asyncio.sleep(0)
                 parsed = parse_message(record.value, max_bytes=max_bytes)
                 if isinstance(parsed, Invalid):
-                    log.debug("invalid message %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                              parsed.detail)
+                    log.debug(
+                        "invalid message %s[%d]@%d: %s", record.topic, record.partition, record.offset, parsed.detail
+                    )
                     dead.append(dead_letter(record, parsed, self.dead_letter_limit))
                 else:
                     events.append(parsed)
         return out
 
-    async def store(self, parsed: "ParsedBatch", writer: int = 0) -> None:
+    async def store(self, parsed: ParsedBatch, writer: int = 0) -> None:
         async with self.writer_locks[writer]:  # a revocation waits for this batch to commit
             await self._store(parsed, writer)
 
-    async def _store(self, parsed: "ParsedBatch", writer: int = 0) -> None:
+    async def _store(self, parsed: ParsedBatch, writer: int = 0) -> None:
         events, dead, count = parsed.events, parsed.dead, parsed.count
 
         self._check_flood(count, len(dead))
@@ -378,8 +393,13 @@ class Sink:
         self.metrics.messages.labels("dead_lettered").inc(len(dead))
         self.metrics.batches.inc()
         self.metrics.batch_size.observe(count)
-        log.debug("batch: %d messages, %d new, %d duplicate, %d dead-lettered",
-                  count, result.inserted, result.duplicates, len(dead))
+        log.debug(
+            "batch: %d messages, %d new, %d duplicate, %d dead-lettered",
+            count,
+            result.inserted,
+            result.duplicates,
+            len(dead),
+        )
 
     def _check_flood(self, count: int, invalid: int) -> None:
         """Raise DeadLetterFlood when over the last ``dlq_window_messages`` (whole batches)
@@ -399,7 +419,8 @@ class Sink:
             raise DeadLetterFlood(
                 f"{self._recent_invalid} of the last {self._recent_total} messages were invalid, over "
                 f"TRACKER_DLQ_MAX_RATIO={ratio}; stopping without dead-lettering or committing this batch "
-                f"(see tracker_consumer_invalid_messages_total by reason, fix the producer, then restart)")
+                f"(see tracker_consumer_invalid_messages_total by reason, fix the producer, then restart)"
+            )
 
     async def publish_dead_letters(self) -> None:
         """Feed the dead-letter topic from the table (consumer/deadletter.py). Kafka or PostgreSQL
@@ -408,14 +429,18 @@ class Sink:
         next batch and every few seconds; the valid events keep flowing meanwhile, and the
         dead letters are listed by the API."""
         try:
-            await self._retrying("kafka", lambda: publish_pending(self.pool, self.producer,
-                                                                  self.settings.dlq_topic))
+            await self._retrying("kafka", lambda: publish_pending(self.pool, self.producer, self.settings.dlq_topic))
         except Stopping:
             return  # shutting down during an outage: the next start publishes them
         except KafkaError as exc:  # not retriable: _retrying retried the rest
             if not self.dead_letters_waiting:
-                log.error("the dead-letter topic %s refused a dead letter (%s: %s); it stays recorded in "
-                          "dead_letters and is tried again later", self.settings.dlq_topic, type(exc).__name__, exc)
+                log.error(
+                    "the dead-letter topic %s refused a dead letter (%s: %s); it stays recorded in "
+                    "dead_letters and is tried again later",
+                    self.settings.dlq_topic,
+                    type(exc).__name__,
+                    exc,
+                )
             self.dead_letters_waiting = True
         else:
             self.dead_letters_waiting = False
@@ -440,8 +465,7 @@ class Sink:
             # The partitions moved to another consumer while we wrote. The rows are
             # stored; the new owner gets the batch again and finds every event already
             # there (idempotent by event id), so nothing is lost or counted twice.
-            log.warning("offset commit refused after a rebalance (%s); the new owner will skip the stored events",
-                        exc)
+            log.warning("offset commit refused after a rebalance (%s); the new owner will skip the stored events", exc)
 
     async def _retrying(self, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Retry an infrastructure failure with capped exponential backoff, never skipping."""
@@ -454,7 +478,7 @@ class Sink:
                 return result
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError):
                 raise
-            except (KafkaError, asyncio.TimeoutError, *TRANSIENT_ERRORS) as exc:
+            except (TimeoutError, KafkaError, *TRANSIENT_ERRORS) as exc:
                 if not is_transient(exc):
                     log.error("%s refused (%s: %s); this cannot succeed on retry", target, type(exc).__name__, exc)
                     raise
@@ -463,8 +487,13 @@ class Sink:
                 self.paused = True
                 self.metrics.paused.set(1)
                 self.metrics.retries.labels(target).inc()
-                log.warning("%s unavailable (%s: %s); retrying in %.1fs, offsets not committed",
-                            target, type(exc).__name__, exc, delay)
+                log.warning(
+                    "%s unavailable (%s: %s); retrying in %.1fs, offsets not committed",
+                    target,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await self._sleep(delay + random.uniform(0, delay / 4))
                 delay = min(delay * 2, self.settings.retry_max_seconds)
 
@@ -472,5 +501,5 @@ class Sink:
         # Wake early on shutdown so that SIGTERM during an outage exits promptly.
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -37,22 +37,20 @@ import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
+from typing import Any
 
 import asyncpg
 
 from consumer.deadletter import DeadLetter, record_dead_letters
-from tracker.db import use_fast_timestamps
-from tracker.events import EVENT_COLUMNS, Event
+from tracker.db import Connection, use_fast_timestamps
+from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event
 
 _COLS = ", ".join(EVENT_COLUMNS)
-TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 
 # Per connection; ON COMMIT DELETE ROWS empties it at the end of every batch.
-CREATE_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
+CREATE_STAGING = "CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 
 # The exact path, when the fast COPY met a key already stored.
 INSERT_NEW = f"""
@@ -61,10 +59,36 @@ ON CONFLICT (event_id, ts) DO NOTHING RETURNING event_id, ts
 """
 
 # The state columns, in the order of the rows built below.
-SERVICE_COLUMNS = ("trace_id", "service", "first_at", "last_at", "event_count", "latest_at", "latest_event_id",
-                   "latest_status", "latest_failed", "start_at", "outcome_at", "outcome_event_id", "outcome_failed")
-TRACE_COLUMNS = ("trace_id", "first_at", "last_at", "active_hour", "event_count", "error_count", "done",
-                 "finish_at", "finish_event_id", "finish_failed", "failed_services", "status", *TRACE_ATTRIBUTES)
+SERVICE_COLUMNS = (
+    "trace_id",
+    "service",
+    "first_at",
+    "last_at",
+    "event_count",
+    "latest_at",
+    "latest_event_id",
+    "latest_status",
+    "latest_failed",
+    "start_at",
+    "outcome_at",
+    "outcome_event_id",
+    "outcome_failed",
+)
+TRACE_COLUMNS = (
+    "trace_id",
+    "first_at",
+    "last_at",
+    "active_hour",
+    "event_count",
+    "error_count",
+    "done",
+    "finish_at",
+    "finish_event_id",
+    "finish_failed",
+    "failed_services",
+    "status",
+    *TRACE_ATTRIBUTES,
+)
 
 # Read and lock the rows of the traces in the batch, in key order (the ids come sorted),
 # each by a primary-key probe whatever the statistics.
@@ -86,17 +110,50 @@ def _update(table: str, columns: Sequence[str], types: Sequence[str], key: Seque
     args = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
     sets = ", ".join(f"{c} = u.{c}" for c in columns if c not in key)
     join = " AND ".join(f"x.{k} = u.{k}" for k in key)
-    return (f"UPDATE {table} x SET {sets}{extra} FROM unnest({args}) AS u({', '.join(columns)}) WHERE {join}")
+    return f"UPDATE {table} x SET {sets}{extra} FROM unnest({args}) AS u({', '.join(columns)}) WHERE {join}"
 
 
 UPDATE_SERVICES = _update(
-    "trace_services", SERVICE_COLUMNS,
-    ("text", "text", "timestamptz", "timestamptz", "bigint", "timestamptz", "text", "text", "boolean",
-     "timestamptz", "timestamptz", "text", "boolean"), ("trace_id", "service"))
+    "trace_services",
+    SERVICE_COLUMNS,
+    (
+        "text",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "bigint",
+        "timestamptz",
+        "text",
+        "text",
+        "boolean",
+        "timestamptz",
+        "timestamptz",
+        "text",
+        "boolean",
+    ),
+    ("trace_id", "service"),
+)
 UPDATE_TRACES = _update(
-    "traces", TRACE_COLUMNS,
-    ("text", "timestamptz", "timestamptz", "timestamptz", "bigint", "bigint", "boolean", "timestamptz", "text",
-     "boolean", "integer", "text", *("text",) * len(TRACE_ATTRIBUTES)), ("trace_id",), ", updated_at = now()")
+    "traces",
+    TRACE_COLUMNS,
+    (
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "timestamptz",
+        "bigint",
+        "bigint",
+        "boolean",
+        "timestamptz",
+        "text",
+        "boolean",
+        "integer",
+        "text",
+        *("text",) * len(TRACE_ATTRIBUTES),
+    ),
+    ("trace_id",),
+    ", updated_at = now()",
+)
 
 # Commutative counters: add. Keys come sorted (the lock order between writers).
 # The rows travel as one jsonb array of arrays, serialised by orjson in C: as parallel arrays
@@ -108,12 +165,15 @@ UPDATE_TRACES = _update(
 # flat integer array is direct, where an unnest and array_agg per row cost PostgreSQL about
 # twice as much and 60 subscripted assignments (each copying the array) ~15 % more
 # (43 vs 37 µs per conflicting row of 240, scratch, two runs).
-UPSERT_COUNTS = """
+UPSERT_COUNTS = (
+    """
 INSERT INTO rollup_counts_hour AS r (bucket, service, status, events, minutes)
 SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::bigint, translate((x->4)::text, '[]', '{}')::integer[]
 FROM jsonb_array_elements($1::jsonb) AS x
-ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events, minutes = ARRAY[""" + \
-    ", ".join(f"r.minutes[{i}] + EXCLUDED.minutes[{i}]" for i in range(1, 61)) + "]"
+ON CONFLICT (bucket, service, status) DO UPDATE SET events = r.events + EXCLUDED.events, minutes = ARRAY["""
+    + ", ".join(f"r.minutes[{i}] + EXCLUDED.minutes[{i}]" for i in range(1, 61))
+    + "]"
+)
 UPSERT_ELAPSED = """
 INSERT INTO rollup_elapsed AS r (bucket, kind, service, failed, bin, n)
 SELECT (x->>0)::timestamptz, x->>1, x->>2, (x->>3)::boolean, (x->>4)::smallint, (x->>5)::bigint
@@ -144,21 +204,21 @@ def elapsed_bin(elapsed: timedelta) -> int:
 
 @dataclass(frozen=True)
 class BatchResult:
-    inserted: int      # new events
-    duplicates: int    # events already stored (redelivery, or the same event sent twice)
+    inserted: int  # new events
+    duplicates: int  # events already stored (redelivery, or the same event sent twice)
     # New events per (service, status), for the business metrics.
     counts: list = field(default_factory=list)
     # Elapsed times that became known: (kind 'service'|'trace', service, failed, seconds).
     elapsed: list = field(default_factory=list)
 
 
-async def prepare_connection(conn: asyncpg.Connection) -> None:
+async def prepare_connection(conn: Connection) -> None:
     """A connection that writes batches: its staging table, and timestamps encoded cheaply."""
     await use_fast_timestamps(conn)
     await conn.execute(CREATE_STAGING)
 
 
-def _floor(unit: timedelta, **zero: int):
+def _floor(unit: timedelta, **zero: Any):
     """A function: a time truncated to its whole unit, here the hour (UTC, as every time here is).
 
     datetime.replace takes ~0.94 µs in CPython 3.11 and was the costliest call per event in
@@ -166,7 +226,7 @@ def _floor(unit: timedelta, **zero: int):
     checked first (a partition's events come in time order: two comparisons), then a cache
     keyed by the calendar fields (~0.26 µs, for events out of time order: several partitions
     interleaved, traces sorted by id). No await inside: writers sharing it cannot interleave."""
-    start = end = datetime.max.replace(tzinfo=timezone.utc)
+    start = end = datetime.max.replace(tzinfo=UTC)
     by_unit: dict[tuple, datetime] = {}
     # The calendar fields that name a unit: those the truncation keeps, read in C.
     calendar = operator.attrgetter(*(f for f in ("year", "month", "day", "hour", "minute") if f not in zero))
@@ -176,13 +236,14 @@ def _floor(unit: timedelta, **zero: int):
         if start <= ts < end:
             return start
         key = calendar(ts)
-        start = by_unit.get(key)
-        if start is None:
+        found = by_unit.get(key)
+        if found is None:
             if len(by_unit) >= 4096:  # bounded: a batch spans a few hundred units at most
                 by_unit.clear()
-            start = by_unit[key] = ts.replace(**zero)
-        end = start + unit
+            found = by_unit[key] = ts.replace(**zero)
+        start, end = found, found + unit
         return start
+
     return floor
 
 
@@ -191,8 +252,19 @@ _hour = _floor(timedelta(hours=1), minute=0, second=0, microsecond=0)
 
 # Indexes into the folded rows (lists, mutated in place: this runs for every event).
 # A service: the SERVICE_COLUMNS without the key.
-S_FIRST, S_LAST, S_N, S_LATEST_AT, S_LATEST_ID, S_LATEST_STATUS, S_LATEST_FAILED, S_START, S_OUTCOME_AT, \
-    S_OUTCOME_ID, S_OUTCOME_FAILED = range(11)
+(
+    S_FIRST,
+    S_LAST,
+    S_N,
+    S_LATEST_AT,
+    S_LATEST_ID,
+    S_LATEST_STATUS,
+    S_LATEST_FAILED,
+    S_START,
+    S_OUTCOME_AT,
+    S_OUTCOME_ID,
+    S_OUTCOME_FAILED,
+) = range(11)
 # A trace, as folded: first, last, events, failed events, done, finish (at, id, failed), attributes.
 T_FIRST, T_LAST, T_N, T_N_FAILED, T_DONE, T_FINISH_AT, T_FINISH_ID, T_FINISH_FAILED, T_ATTRS = range(9)
 
@@ -200,6 +272,7 @@ T_FIRST, T_LAST, T_N, T_N_FAILED, T_DONE, T_FINISH_AT, T_FINISH_ID, T_FINISH_FAI
 @dataclass
 class Fold:
     """A batch reduced to one row per (trace, service), per trace and per rollup key."""
+
     services: dict[tuple[str, str], list]
     traces: dict[str, list]
     # (hour, service, status) -> events in each minute of that hour (index: the minute)
@@ -220,8 +293,19 @@ def fold(events: Sequence[Event]) -> Fold:
         s = services.get(key)
         outcome = failed or e.status == "success"
         if s is None:
-            services[key] = [start, ts, 1, ts, eid, e.status, failed, start,
-                             ts if outcome else None, eid if outcome else None, failed if outcome else None]
+            services[key] = [
+                start,
+                ts,
+                1,
+                ts,
+                eid,
+                e.status,
+                failed,
+                start,
+                ts if outcome else None,
+                eid if outcome else None,
+                failed if outcome else None,
+            ]
         else:
             if start < s[S_FIRST]:
                 s[S_FIRST] = s[S_START] = start
@@ -230,15 +314,25 @@ def fold(events: Sequence[Event]) -> Fold:
             s[S_N] += 1
             if ts > s[S_LATEST_AT] or (ts == s[S_LATEST_AT] and eid > s[S_LATEST_ID]):
                 s[S_LATEST_AT], s[S_LATEST_ID], s[S_LATEST_STATUS], s[S_LATEST_FAILED] = ts, eid, e.status, failed
-            if outcome and (s[S_OUTCOME_AT] is None or ts < s[S_OUTCOME_AT]
-                            or (ts == s[S_OUTCOME_AT] and eid < s[S_OUTCOME_ID])):
+            if outcome and (
+                s[S_OUTCOME_AT] is None or ts < s[S_OUTCOME_AT] or (ts == s[S_OUTCOME_AT] and eid < s[S_OUTCOME_ID])
+            ):
                 s[S_OUTCOME_AT], s[S_OUTCOME_ID], s[S_OUTCOME_FAILED] = ts, eid, failed
         finished = e.trace_status == "FINISHED"
         attrs = (e.account, e.org_id, e.inventory_id, e.system_id, e.source, e.domain, e.domain_id)
         t = traces.get(e.trace_id)
         if t is None:
-            traces[e.trace_id] = [start, ts, 1, int(failed), finished, ts if finished else None,
-                                  eid if finished else None, failed if finished else None, attrs]
+            traces[e.trace_id] = [
+                start,
+                ts,
+                1,
+                int(failed),
+                finished,
+                ts if finished else None,
+                eid if finished else None,
+                failed if finished else None,
+                attrs,
+            ]
         else:
             if start < t[T_FIRST]:
                 t[T_FIRST] = start
@@ -262,12 +356,13 @@ def fold(events: Sequence[Event]) -> Fold:
 
 def _least(old: Sequence, new: Sequence) -> tuple:
     """Per position, the smallest value that is not None: whatever the order they came in."""
-    return tuple([b if a is None or (b is not None and b < a) else a for a, b in zip(old, new)])
+    return tuple([b if a is None or (b is not None and b < a) else a for a, b in zip(old, new, strict=True)])
 
 
 @dataclass
 class StateChanges:
     """What the merge produced: rows to insert and to update, and the histogram changes."""
+
     new_services: list[tuple] = field(default_factory=list)
     changed_services: list[tuple] = field(default_factory=list)
     new_traces: list[tuple] = field(default_factory=list)
@@ -293,8 +388,9 @@ def _elapsed_change(changes: StateChanges, kind: str, service: str, old: tuple |
             changes.observed.append((kind, service, failed, elapsed.total_seconds()))
 
 
-def merge(batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict[tuple[str, str], asyncpg.Record]
-          ) -> StateChanges:
+def merge(
+    batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict[tuple[str, str], asyncpg.Record]
+) -> StateChanges:
     """The final state rows: each folded row merged with the row already stored, if any."""
     changes = StateChanges()
     failed_delta: dict[str, int] = {}
@@ -314,19 +410,21 @@ def merge(batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict
                 row[S_LAST] = f[S_LAST]
             row[S_N] += f[S_N]
             if (f[S_LATEST_AT], f[S_LATEST_ID]) > (row[S_LATEST_AT], row[S_LATEST_ID]):
-                row[S_LATEST_AT:S_LATEST_FAILED + 1] = f[S_LATEST_AT:S_LATEST_FAILED + 1]
+                row[S_LATEST_AT : S_LATEST_FAILED + 1] = f[S_LATEST_AT : S_LATEST_FAILED + 1]
             if f[S_START] < row[S_START]:
                 row[S_START] = f[S_START]
-            if f[S_OUTCOME_AT] is not None and (row[S_OUTCOME_AT] is None or (f[S_OUTCOME_AT], f[S_OUTCOME_ID])
-                                                < (row[S_OUTCOME_AT], row[S_OUTCOME_ID])):
-                row[S_OUTCOME_AT:S_OUTCOME_FAILED + 1] = f[S_OUTCOME_AT:S_OUTCOME_FAILED + 1]
+            if f[S_OUTCOME_AT] is not None and (
+                row[S_OUTCOME_AT] is None or (f[S_OUTCOME_AT], f[S_OUTCOME_ID]) < (row[S_OUTCOME_AT], row[S_OUTCOME_ID])
+            ):
+                row[S_OUTCOME_AT : S_OUTCOME_FAILED + 1] = f[S_OUTCOME_AT : S_OUTCOME_FAILED + 1]
             changes.changed_services.append((*key, *row))
             old_failed = o["latest_failed"]
             old_elapsed = (o["start_at"], o["outcome_at"], o["outcome_failed"])
         if row[S_LATEST_FAILED] != old_failed:
             failed_delta[key[0]] = failed_delta.get(key[0], 0) + (1 if row[S_LATEST_FAILED] else -1)
-        _elapsed_change(changes, "service", key[1], old_elapsed,
-                        (row[S_START], row[S_OUTCOME_AT], row[S_OUTCOME_FAILED]))
+        _elapsed_change(
+            changes, "service", key[1], old_elapsed, (row[S_START], row[S_OUTCOME_AT], row[S_OUTCOME_FAILED])
+        )
 
     for trace_id in sorted(batch.traces):
         f = batch.traces[trace_id]
@@ -342,8 +440,9 @@ def merge(batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict
             n, n_failed = o["event_count"] + f[T_N], o["error_count"] + f[T_N_FAILED]
             done = o["done"] or f[T_DONE]
             finish = (o["finish_at"], o["finish_event_id"], o["finish_failed"])
-            if f[T_FINISH_AT] is not None and (finish[0] is None or (f[T_FINISH_AT], f[T_FINISH_ID])
-                                               > (finish[0], finish[1])):
+            if f[T_FINISH_AT] is not None and (
+                finish[0] is None or (f[T_FINISH_AT], f[T_FINISH_ID]) > (finish[0], finish[1])
+            ):
                 finish = (f[T_FINISH_AT], f[T_FINISH_ID], f[T_FINISH_FAILED])
             failed_services += o["failed_services"]
             attrs = _least(tuple(o[a] for a in TRACE_ATTRIBUTES), f[T_ATTRS])
@@ -354,17 +453,17 @@ def merge(batch: Fold, old_traces: dict[str, asyncpg.Record], old_services: dict
             status = "failed" if finish[2] else "success"
         else:
             status = "failed" if failed_services > 0 else "in_progress"
-        row = (trace_id, first, last, _hour(last), n, n_failed, done, *finish, failed_services, status, *attrs)
-        (changes.new_traces if o is None else changes.changed_traces).append(row)
+        trace_row = (trace_id, first, last, _hour(last), n, n_failed, done, *finish, failed_services, status, *attrs)
+        (changes.new_traces if o is None else changes.changed_traces).append(trace_row)
         _elapsed_change(changes, "trace", "", old_elapsed, (first, finish[0], finish[2]))
     return changes
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:
-    return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(width)]
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
+async def _insert_events(conn: Connection, events: list[Event]) -> list[Event]:
     """Store the events; returns those that were new. An Event is its own COPY record."""
     try:
         async with conn.transaction():  # a savepoint: a key conflict undoes only this COPY
@@ -377,11 +476,12 @@ async def _insert_events(conn: asyncpg.Connection, events: list[Event]) -> list[
     return [e for e in events if (e.event_id, e.timestamp) in new]
 
 
-async def _write_state(conn: asyncpg.Connection, batch: Fold) -> StateChanges:
+async def _write_state(conn: Connection, batch: Fold) -> StateChanges:
     trace_ids = sorted(batch.traces)
     old_traces = {r["trace_id"]: r for r in await conn.fetch(LOCK_TRACES, trace_ids)}
-    old_services = {(r["trace_id"], r["service"]): r for r in await conn.fetch(LOCK_SERVICES, trace_ids)} \
-        if old_traces else {}  # a trace's services are written with it: no trace, no services
+    old_services = (
+        {(r["trace_id"], r["service"]): r for r in await conn.fetch(LOCK_SERVICES, trace_ids)} if old_traces else {}
+    )  # a trace's services are written with it: no trace, no services
     changes = merge(batch, old_traces, old_services)
     if changes.new_services:
         await conn.copy_records_to_table("trace_services", records=changes.new_services, columns=SERVICE_COLUMNS)
@@ -414,8 +514,9 @@ def _unique_in_key_order(events: Sequence[Event]) -> tuple[list[Event], list[Eve
     return arrived, sorted(arrived, key=_event_key)
 
 
-async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
-                      dead_letters: Sequence[DeadLetter] = ()) -> BatchResult:
+async def write_batch(
+    conn: Connection, events: Sequence[Event], dead_letters: Sequence[DeadLetter] = ()
+) -> BatchResult:
     """Store ``events`` with the trace state and rollups they imply, and the batch's dead
     letters; one transaction."""
     arrived, unique = _unique_in_key_order(events)
@@ -448,5 +549,5 @@ async def write_batch(conn: asyncpg.Connection, events: Sequence[Event],
         elapsed = sorted((*k, n) for k, n in changes.elapsed.items() if n)
         if elapsed:
             await conn.execute(UPSERT_ELAPSED, elapsed)
-    counts = [(service, status, n) for (service, status), n in per_status.items()]
-    return BatchResult(len(inserted), len(events) - len(inserted), counts, changes.observed)
+    service_counts = [(service, status, n) for (service, status), n in per_status.items()]
+    return BatchResult(len(inserted), len(events) - len(inserted), service_counts, changes.observed)

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import positive_data_acceptance
 
 from consumer.store import prepare_connection, write_batch
-from tests.helpers.factories import encode, pipeline_trace, status_api
+from tests.helpers.factories import events_of, pipeline_trace, status_api
 from tests.plugins.processes import Launcher
 from tracker.api.params import EPOCH, duration
 from tracker.api.problems import ProblemException
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import create_database, drop_database
-from tracker.events import parse_message
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
@@ -42,8 +42,7 @@ def breaks_a_rule_stated_in_words(path: str, query: dict) -> bool:
         return True
     if path == "/v1/stats/counts":
         try:
-            window = min(duration(str(query.get("lookback", "24h")), "lookback"),
-                         datetime.now(timezone.utc) - EPOCH)
+            window = min(duration(str(query.get("lookback", "24h")), "lookback"), datetime.now(UTC) - EPOCH)
             return window / duration(str(query.get("bucket", "1h")), "bucket") > 10_000
         except (ProblemException, ZeroDivisionError):
             return False  # not a duration: the schema's own business, not this rule's
@@ -66,16 +65,22 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
     docs = []
     for i in range(40):
         docs += pipeline_trace(f"spec-{i}", rng, fail=i % 4 == 0)
-        docs.append({**status_api(f"spec-{i}", "copy", i % 3 != 0, datetime.now(timezone.utc)),
-                     "s3_path": f"s3://b/{i % 7}"})
-    await write_batch(conn, [parse_message(encode(d), max_bytes=1 << 20) for d in docs])
+        docs.append({**status_api(f"spec-{i}", "copy", i % 3 != 0, datetime.now(UTC)), "s3_path": f"s3://b/{i % 7}"})
+    await write_batch(conn, events_of(docs))
     await conn.close()
     port = free_port()
     topic = f"test.spec.{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, [topic], partitions=1)
-    api_settings = Settings.from_env({}, database_url=url, api_port=port, api_url=f"http://127.0.0.1:{port}",
-                                     kafka_bootstrap_servers=kafka_bootstrap, topic=topic,
-                                     api_validate_responses=True, log_level="WARNING")
+    api_settings = Settings.from_env(
+        {},
+        database_url=url,
+        api_port=port,
+        api_url=f"http://127.0.0.1:{port}",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic=topic,
+        api_validate_responses=True,
+        log_level="WARNING",
+    )
     launcher = Launcher(tmp_path_factory.mktemp("spec"))
     process = await launcher.api(api_settings)
     yield api_settings.api_url, process
@@ -85,17 +90,20 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
 
 @schema.hooks.apply(filter_query)
 @schema.parametrize()
-@hypothesis_settings(max_examples=40, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                            HealthCheck.filter_too_much])
+@hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 def test_every_operation_conforms_to_the_spec(case, spec_api):
     base_url, process = spec_api
     # Every check, positive_data_acceptance included: whatever the document says is valid
     # the server accepts, so a client generated from it sends only what the server takes.
     # The coverage phase does not run filter hooks: its combinations that break a rule
     # stated in words are still sent (and must not 5xx), but need not be accepted.
-    excluded = [positive_data_acceptance] if breaks_a_rule_stated_in_words(case.operation.path, case.query or {}) \
-        else []
+    excluded = (
+        [positive_data_acceptance] if breaks_a_rule_stated_in_words(case.operation.path, case.query or {}) else []
+    )
     try:
         case.call_and_validate(base_url=base_url, excluded_checks=excluded)
     except Exception:

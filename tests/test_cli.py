@@ -6,19 +6,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-
+from tests.helpers.api import wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce, wait_stored
-from tests.helpers.api import wait_for_trace
 from tests.helpers.kafka import read_all
 from tracker.cli.render import printable
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 async def test_watch_waits_for_a_trace_whose_first_event_is_not_stored_yet(settings, launch, kafka_bootstrap):
@@ -26,21 +26,51 @@ async def test_watch_waits_for_a_trace_whose_first_event_is_not_stored_yet(setti
     await launch.api(settings)
     # Started before anything is sent: the Status API's flow (upload, get the id, watch).
     watch = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tracker.cli", "status", "late-1", "--watch", "--interval", "0.2", "--wait", "60",
-        env=settings.child_environ(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tracker.cli",
+        "status",
+        "late-1",
+        "--watch",
+        "--interval",
+        "0.2",
+        "--wait",
+        "60",
+        env=settings.child_environ(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     await asyncio.sleep(2)
     assert watch.returncode is None, "--watch gave up before the first event"
-    now = datetime.now(timezone.utc)
-    await produce(kafka_bootstrap, settings.topic, [
-        (b"late-1", encode(payload_tracker("late-1", "ingress", "received", now))),
-    ])
+    now = datetime.now(UTC)
+    await produce(
+        kafka_bootstrap,
+        settings.topic,
+        [
+            (b"late-1", encode(payload_tracker("late-1", "ingress", "received", now))),
+        ],
+    )
     await wait_for_trace(settings.api_url, "late-1", 1)
     await asyncio.sleep(0.5)
     assert watch.returncode is None, "--watch stopped before the trace was done"
-    await produce(kafka_bootstrap, settings.topic, [
-        (b"late-1", encode({"trace_id": "late-1", "service": "ingress", "status": "success",
-                            "timestamp": (now + timedelta(seconds=1)).isoformat(), "trace_status": "FINISHED"})),
-    ])
+    await produce(
+        kafka_bootstrap,
+        settings.topic,
+        [
+            (
+                b"late-1",
+                encode(
+                    {
+                        "trace_id": "late-1",
+                        "service": "ingress",
+                        "status": "success",
+                        "timestamp": (now + timedelta(seconds=1)).isoformat(),
+                        "trace_status": "FINISHED",
+                    }
+                ),
+            ),
+        ],
+    )
     stdout, stderr = await asyncio.wait_for(watch.communicate(), timeout=30)
     assert watch.returncode == 0, stderr
     assert "no event yet" in stdout.decode() and "in_progress" in stdout.decode()
@@ -48,8 +78,9 @@ async def test_watch_waits_for_a_trace_whose_first_event_is_not_stored_yet(setti
 
 async def test_watch_gives_up_with_exit_4_after_wait(settings, launch):
     await launch.api(settings)
-    result = await asyncio.to_thread(cli, "status", "never-sent", "--watch", "--interval", "0.2", "--wait", "1",
-                                     env=settings.child_environ())
+    result = await asyncio.to_thread(
+        cli, "status", "never-sent", "--watch", "--interval", "0.2", "--wait", "1", env=settings.child_environ()
+    )
     assert result.returncode == 4
     assert "--wait 1s" in result.stderr
 
@@ -59,19 +90,28 @@ def test_printable_escapes_every_control_character_and_keeps_other_text():
     assert printable("Ærlig talt — ok") == "Ærlig talt — ok"
 
 
-async def test_control_characters_in_events_never_reach_the_terminal_raw(
-        settings, launch, db, kafka_bootstrap):
+async def test_control_characters_in_events_never_reach_the_terminal_raw(settings, launch, db, kafka_bootstrap):
     await launch.consumer(settings)
     await launch.api(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     hostile = "disk full\x1b]0;owned\x07\nFAKE ROW"
     messages = [
         # Identifiers with control characters are refused (dead-lettered) ...
         (b"t", encode(payload_tracker("ctl-1", "bad\nservice", "received", now))),
         (b"t", encode(payload_tracker("ctl-1", "esc\x1b[2J", "received", now))),
         # ... free text may carry them, and is escaped when shown.
-        (b"t", encode({"trace_id": "ctl-1", "service": "copy", "status": "error", "message": hostile,
-                       "timestamp": now.isoformat()})),
+        (
+            b"t",
+            encode(
+                {
+                    "trace_id": "ctl-1",
+                    "service": "copy",
+                    "status": "error",
+                    "message": hostile,
+                    "timestamp": now.isoformat(),
+                }
+            ),
+        ),
     ]
     await produce(kafka_bootstrap, settings.topic, messages)
     await wait_stored(db, 1, timeout=60)
@@ -92,8 +132,18 @@ async def test_control_characters_in_events_never_reach_the_terminal_raw(
 
 
 def test_send_with_a_body_that_is_not_json_exits_2_with_one_line(settings):
-    result = cli("send", "--trace-id", "b-1", "--service", "s", "--status", "received", "--body", "{bad",
-                 env=settings.child_environ())
+    result = cli(
+        "send",
+        "--trace-id",
+        "b-1",
+        "--service",
+        "s",
+        "--status",
+        "received",
+        "--body",
+        "{bad",
+        env=settings.child_environ(),
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--body is not JSON" in result.stderr

@@ -12,7 +12,9 @@ from tracker.settings import ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-TRACKER_SERVICES = {name: s for name, s in COMPOSE["services"].items() if str(s.get("image", "")).startswith("tracker:")}
+TRACKER_SERVICES = {
+    name: s for name, s in COMPOSE["services"].items() if str(s.get("image", "")).startswith("tracker:")
+}
 
 
 def test_every_tracker_setting_in_compose_is_read_by_the_code():
@@ -37,7 +39,9 @@ def test_images_are_pinned_to_versions():
     for name, service in COMPOSE["services"].items():
         image = service.get("image", "")
         assert re.search(r":v?\d[\w.\-]*$", image), f"{name}: image {image!r} is not pinned to a version"
-    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    from_line = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert from_line, "Dockerfile has no FROM line"
+    base = from_line.group(1)
     assert re.search(r":\d+\.\d+\.\d+", base), base
 
 

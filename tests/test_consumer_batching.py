@@ -4,6 +4,7 @@ writer writes is merged into its next batch, in order, and never beyond the cap.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -14,7 +15,15 @@ P0, P2 = TopicPartition("t", 0), TopicPartition("t", 2)
 
 def fetch(offsets: dict[TopicPartition, int], *names: str) -> ParsedBatch:
     """A parsed fetch; its 'events' are names, enough to follow order and merging."""
-    return ParsedBatch(dict(offsets), [1] * len(names), len(names), list(names), [])
+    events: list[Any] = list(names)
+    return ParsedBatch(dict(offsets), [1] * len(names), len(names), events, [])
+
+
+async def taken(slot: _Slot) -> ParsedBatch:
+    """What the writer takes next; there must be something."""
+    batch = await asyncio.wait_for(slot.take(), 1)
+    assert batch is not None
+    return batch
 
 
 async def test_fetches_that_arrive_while_the_writer_writes_become_its_next_batch_in_order():
@@ -22,7 +31,7 @@ async def test_fetches_that_arrive_while_the_writer_writes_become_its_next_batch
     await slot.put(fetch({P0: 3}, "a", "b"))
     await slot.put(fetch({P0: 5, P2: 8}, "c", "d"))
     await slot.put(fetch({P2: 9}, "e"))
-    batch = await slot.take()
+    batch = await taken(slot)
     assert batch.events == ["a", "b", "c", "d", "e"]
     assert batch.count == 5 and len(batch.timestamps) == 5
     assert batch.offsets == {P0: 5, P2: 9}
@@ -35,7 +44,7 @@ async def test_a_partition_fetched_again_from_an_earlier_offset_does_not_move_it
     slot = _Slot(cap=100)
     await slot.put(fetch({P0: 50}, "x"))
     await slot.put(fetch({P0: 20}, "y"))
-    assert (await slot.take()).offsets == {P0: 50}
+    assert (await taken(slot)).offsets == {P0: 50}
 
 
 async def test_the_writer_waits_for_a_fetch_and_the_fetch_loop_waits_for_room():
@@ -44,16 +53,17 @@ async def test_the_writer_waits_for_a_fetch_and_the_fetch_loop_waits_for_room():
     await asyncio.sleep(0.01)
     assert not taking.done()  # nothing to write yet
     await slot.put(fetch({P0: 3}, "a", "b", "c"))
-    assert (await asyncio.wait_for(taking, 1)).events == ["a", "b", "c"]
+    first = await asyncio.wait_for(taking, 1)
+    assert first is not None and first.events == ["a", "b", "c"]
 
     await slot.put(fetch({P0: 6}, "d", "e", "f"))
     assert await asyncio.wait_for(slot.room(1), 1) == 1
     putting = asyncio.create_task(slot.put(fetch({P0: 8}, "g", "h")))  # 3 + 2 > cap
     await asyncio.sleep(0.01)
     assert not putting.done()
-    assert (await slot.take()).events == ["d", "e", "f"]
+    assert (await taken(slot)).events == ["d", "e", "f"]
     await asyncio.wait_for(putting, 1)
-    assert (await slot.take()).events == ["g", "h"]
+    assert (await taken(slot)).events == ["g", "h"]
 
 
 async def test_the_fetch_loop_asks_for_no_more_than_the_slot_has_room_for():
@@ -71,5 +81,5 @@ async def test_a_closed_slot_gives_what_it_holds_then_none():
     slot = _Slot(cap=10)
     await slot.put(fetch({P0: 1}, "last"))
     await slot.close()
-    assert (await slot.take()).events == ["last"]
+    assert (await taken(slot)).events == ["last"]
     assert await asyncio.wait_for(slot.take(), 1) is None

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -15,7 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
-    KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, NotLeaderForPartitionError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
     TopicAuthorizationFailedError,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,9 +60,11 @@ async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | Non
 
 
 def good_messages(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
-    now = datetime.now(timezone.utc)
-    return [(f"{prefix}-{i}".encode(), encode(payload_tracker(f"{prefix}-{i}", "ingress", "received", now)))
-            for i in range(n)]
+    now = datetime.now(UTC)
+    return [
+        (f"{prefix}-{i}".encode(), encode(payload_tracker(f"{prefix}-{i}", "ingress", "received", now)))
+        for i in range(n)
+    ]
 
 
 def test_only_errors_that_can_succeed_on_retry_are_retried():
@@ -68,7 +73,7 @@ def test_only_errors_that_can_succeed_on_retry_are_retried():
     assert is_transient(KafkaConnectionError())
     assert is_transient(NotLeaderForPartitionError())
     assert is_transient(KafkaTimeoutError())
-    assert is_transient(asyncio.TimeoutError())
+    assert is_transient(TimeoutError())
     assert is_transient(asyncpg.exceptions.CannotConnectNowError())
     assert not is_transient(MessageSizeTooLargeError())
     assert not is_transient(TopicAuthorizationFailedError())
@@ -76,7 +81,8 @@ def test_only_errors_that_can_succeed_on_retry_are_retried():
 
 
 async def test_a_dead_letter_larger_than_the_producer_takes_is_cut_to_fit_and_the_partition_moves_on(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     # A 10 kB bound: the dead-letter producer takes 10 kB + 64 KiB; the original is 300 kB.
     settings = dataclasses.replace(settings, max_message_bytes=10_000)
     huge = b'{"service": "x", "padding": "' + b"y" * 300_000 + b'"}'
@@ -93,7 +99,8 @@ async def test_a_dead_letter_larger_than_the_producer_takes_is_cut_to_fit_and_th
 
 
 async def test_a_dead_letter_the_topic_refuses_stays_recorded_and_is_published_once_it_takes_it(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     # The dead-letter topic takes 1,000-byte records only: the broker refuses the dead letter
     # (MESSAGE_TOO_LARGE, not retriable). Retrying at once would stall the partition forever;
     # the dead letter is safe in dead_letters (recorded with its batch), so the valid events
@@ -121,8 +128,9 @@ async def test_a_dead_letter_the_topic_refuses_stays_recorded_and_is_published_o
         assert "refused a dead letter" in consumer.log() and consumer.alive
 
         # Once the topic takes it, the next round (every few seconds) publishes it, once.
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq,
-                                                  configs={"max.message.bytes": "1000000"})])
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, dlq, configs={"max.message.bytes": "1000000"})]
+        )
         [dead] = await read_all(kafka_bootstrap, dlq, 1, timeout=60)
         assert dead.value == invalid and dict(dead.headers)["tracker.reason"] == b"not_json"
         deadline = time.monotonic() + 30
@@ -136,7 +144,8 @@ async def test_a_dead_letter_the_topic_refuses_stays_recorded_and_is_published_o
 
 
 async def test_a_flood_of_invalid_messages_stops_the_consumer_when_a_ratio_is_set(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     settings = dataclasses.replace(settings, dlq_max_ratio=0.5, dlq_window_messages=200, batch_max_records=50)
     good = good_messages("before-flood", 100)
     consumer = await launch.consumer(settings)
@@ -153,8 +162,7 @@ async def test_a_flood_of_invalid_messages_stops_the_consumer_when_a_ratio_is_se
     assert await db.fetchval("SELECT count(*) FROM events") == len(good)
 
 
-async def test_partitions_handed_to_another_consumer_leave_the_first_ones_metrics(
-        settings, launch, kafka_bootstrap):
+async def test_partitions_handed_to_another_consumer_leave_the_first_ones_metrics(settings, launch, kafka_bootstrap):
     await produce(kafka_bootstrap, settings.topic, good_messages("spread", 60))
     await launch.consumer(settings, name="first")
 
@@ -167,26 +175,35 @@ async def test_partitions_handed_to_another_consumer_leave_the_first_ones_metric
             assert time.monotonic() < deadline, f"{what}: {metrics.get('tracker_consumer_lag_messages')}"
             await asyncio.sleep(0.5)
 
-    await wait_for(settings.consumer_port,
-                   lambda m: partitions_exported(m, "tracker_consumer_lag_messages") == {"0", "1", "2"},
-                   "the only consumer exports the lag of all three partitions")
+    await wait_for(
+        settings.consumer_port,
+        lambda m: partitions_exported(m, "tracker_consumer_lag_messages") == {"0", "1", "2"},
+        "the only consumer exports the lag of all three partitions",
+    )
     second_settings = dataclasses.replace(settings, consumer_port=free_port())
     await launch.consumer(second_settings, name="second")
-    second = await wait_for(second_settings.consumer_port,
-                            lambda m: gauge(m, "tracker_consumer_assigned_partitions") >= 1 and
-                            partitions_exported(m, "tracker_consumer_lag_messages"),
-                            "the second consumer took partitions and reports their lag")
+    second = await wait_for(
+        second_settings.consumer_port,
+        lambda m: (
+            gauge(m, "tracker_consumer_assigned_partitions") >= 1
+            and partitions_exported(m, "tracker_consumer_lag_messages")
+        ),
+        "the second consumer took partitions and reports their lag",
+    )
     taken = partitions_exported(second, "tracker_consumer_lag_messages")
-    first_metrics = await wait_for(settings.consumer_port,
-                                   lambda m: gauge(m, "tracker_consumer_assigned_partitions") == 3 - len(taken),
-                                   "the first consumer gave partitions away")
+    first_metrics = await wait_for(
+        settings.consumer_port,
+        lambda m: gauge(m, "tracker_consumer_assigned_partitions") == 3 - len(taken),
+        "the first consumer gave partitions away",
+    )
     for name in ("tracker_consumer_lag_messages", "tracker_consumer_highwater_offset"):
         # Each partition's lag is exported by its owner only: a sum over consumers is right.
         assert not partitions_exported(first_metrics, name) & taken, name
 
 
 async def test_a_static_member_restarted_after_kill_9_gets_its_partitions_back_at_once(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     # A session timeout far longer than the test: only static membership can hand the
     # partitions back before it ends. Without an instance id the restart waits it out.
     settings = dataclasses.replace(settings, consumer_instance_id="tracker-static-1", session_timeout_ms=60_000)
@@ -207,17 +224,24 @@ def test_elapsed_histograms_count_a_batch_per_service_and_outcome_as_prometheus_
     from consumer.metrics import _ELAPSED_BUCKETS, ConsumerMetrics
     from consumer.store import BatchResult
 
-    elapsed = [("service", "ingress", False, 0.02), ("service", "ingress", False, 0.02),
-               ("service", "ingress", True, 7.0), ("service", "copy", False, 86400.0),
-               ("service", "copy", False, 1e6), ("trace", "", False, 3.0), ("trace", "", True, 0.004),
-               ("trace", "", False, 60.0)]
+    elapsed = [
+        ("service", "ingress", False, 0.02),
+        ("service", "ingress", False, 0.02),
+        ("service", "ingress", True, 7.0),
+        ("service", "copy", False, 86400.0),
+        ("service", "copy", False, 1e6),
+        ("trace", "", False, 3.0),
+        ("trace", "", True, 0.004),
+        ("trace", "", False, 60.0),
+    ]
     metrics = ConsumerMetrics(max_services=1)  # "copy" is over the bound: counted as "other"
     metrics.record_batch(BatchResult(7, 0, [], elapsed[:4]))
     metrics.record_batch(BatchResult(3, 0, [], elapsed[4:]))
 
     reference = CollectorRegistry()
-    service = Histogram("tracker_service_elapsed_seconds", "", ["service", "outcome"],
-                        buckets=_ELAPSED_BUCKETS, registry=reference)
+    service = Histogram(
+        "tracker_service_elapsed_seconds", "", ["service", "outcome"], buckets=_ELAPSED_BUCKETS, registry=reference
+    )
     trace = Histogram("tracker_trace_elapsed_seconds", "", ["outcome"], buckets=_ELAPSED_BUCKETS, registry=reference)
     for kind, name, failed, seconds in elapsed:
         outcome = "error" if failed else "success"
@@ -228,14 +252,23 @@ def test_elapsed_histograms_count_a_batch_per_service_and_outcome_as_prometheus_
 
     def samples(registry, name: str) -> set:
         families = text_string_to_metric_families(generate_latest(registry).decode())
-        return {(s.name, tuple(sorted(s.labels.items())), s.value) for f in families if f.name == name
-                for s in f.samples if not s.name.endswith("_created")}
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in families
+            if f.name == name
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
 
     for name in ("tracker_service_elapsed_seconds", "tracker_trace_elapsed_seconds"):
         assert samples(metrics.registry, name) == samples(reference, name) != set()
-    finished = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(
-        generate_latest(metrics.registry).decode()) if f.name == "tracker_traces_finished" for s in f.samples
-        if s.name == "tracker_traces_finished_total"}
+    finished = {
+        s.labels["outcome"]: s.value
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        if f.name == "tracker_traces_finished"
+        for s in f.samples
+        if s.name == "tracker_traces_finished_total"
+    }
     assert finished == {"success": 2, "error": 1}
 
 
@@ -270,17 +303,21 @@ async def test_a_consumer_of_a_topic_that_does_not_exist_says_which_and_exits(se
     assert f"{settings.topic} do not exist" in consumer.log() and "tracker topics" in consumer.log(), consumer.log()
 
 
-
 async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, kafka_bootstrap):
     """A writer's offset commit runs while it writes its next batch (consumer/sink.py); a stop
     must still end with every stored batch committed. The broker is made slow to commit (each
     commit waits a second before it is sent), so the stop comes while the last one is on its way."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     messages = [(f"c-{i % 3}".encode(), encode(payload_tracker(f"c-{i % 3}", "svc", f"s{i}", now))) for i in range(30)]
     await produce(kafka_bootstrap, settings.topic, messages)
     pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=4)
-    consumer = AIOKafkaConsumer(settings.topic, bootstrap_servers=kafka_bootstrap, group_id=settings.consumer_group,
-                        enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await consumer.start()
     await producer.start()

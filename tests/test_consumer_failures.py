@@ -14,7 +14,13 @@ import aiohttp
 import pytest
 
 from tests.helpers.ingest import (
-    assert_exactly_once, kill_at_shares, produce, valid_events, wait_stored, wait_until, workload,
+    assert_exactly_once,
+    kill_at_shares,
+    produce,
+    valid_events,
+    wait_stored,
+    wait_until,
+    workload,
 )
 from tests.helpers.kafka import read_all, wait_all_committed
 
@@ -36,7 +42,8 @@ async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, 
 
 
 async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
-        settings, launch, db, kafka_bootstrap, local_postgres):
+    settings, launch, db, kafka_bootstrap, local_postgres
+):
     if local_postgres is None:
         pytest.skip("DATABASE_URL names a server this suite cannot restart")
     messages = workload(traces=2000, seed=11, prefix="pg")
@@ -52,8 +59,9 @@ async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
     await db.close()
     await asyncio.to_thread(local_postgres.stop)
     # Down until the consumer has met the outage (it retries meanwhile; nothing is committed).
-    await wait_until(lambda: "database unavailable" in consumer.log(), "the consumer retrying the database",
-                     process=consumer)
+    await wait_until(
+        lambda: "database unavailable" in consumer.log(), "the consumer retrying the database", process=consumer
+    )
     await asyncio.to_thread(local_postgres.restart)
     await producing
 
@@ -72,7 +80,8 @@ async def test_postgres_restart_mid_ingest_is_survived_without_a_restart(
 
 
 async def test_kafka_broker_restart_mid_ingest_is_survived_without_a_restart(
-        settings, launch, db, kafka_bootstrap, local_kafka):
+    settings, launch, db, kafka_bootstrap, local_kafka
+):
     if local_kafka is None:
         pytest.skip("KAFKA_BOOTSTRAP_SERVERS names a broker this suite cannot restart")
     messages = workload(traces=2000, seed=13, prefix="kafka")
@@ -94,7 +103,9 @@ async def assigned_partitions(port: int) -> int:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
-    return int(float(re.search(r"^tracker_consumer_assigned_partitions (\S+)$", text, re.M).group(1)))
+    match = re.search(r"^tracker_consumer_assigned_partitions (\S+)$", text, re.M)
+    assert match, text
+    return int(float(match.group(1)))
 
 
 async def test_two_consumers_share_the_work_and_survive_one_being_killed(settings, launch, db, kafka_bootstrap):
@@ -108,8 +119,12 @@ async def test_two_consumers_share_the_work_and_survive_one_being_killed(setting
     second = await launch.consumer(second_settings, name="second")
     producing = asyncio.create_task(produce(kafka_bootstrap, settings.topic, messages, rate=5000))
     deadline = time.monotonic() + 30
-    while (shares := (await assigned_partitions(settings.consumer_port),
-                      await assigned_partitions(second_settings.consumer_port))) != (1, 2) and shares != (2, 1):
+    while (
+        shares := (
+            await assigned_partitions(settings.consumer_port),
+            await assigned_partitions(second_settings.consumer_port),
+        )
+    ) != (1, 2) and shares != (2, 1):
         assert time.monotonic() < deadline, f"the two consumers never split the 3 partitions: {shares}"
         await asyncio.sleep(0.2)
     await wait_stored(db, 2000, process=second)
@@ -155,10 +170,11 @@ def malformed(rng: random.Random, valid: bytes) -> bytes | None:
 
 
 async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_valid_event(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     rng = random.Random(23)
     good = workload(traces=300, seed=23, prefix="mixed")
-    messages = []
+    messages: list[tuple[bytes, bytes | None]] = []
     for key, value in good:
         messages.append((key, value))
         for _ in range(rng.randrange(0, 5)):
@@ -172,8 +188,18 @@ async def test_thousands_of_malformed_messages_are_dead_lettered_and_cost_no_val
     dead = await read_all(kafka_bootstrap, settings.dlq_topic, invalid, timeout=60)
     assert len(dead) == invalid
     reasons = {dict(r.headers)["tracker.reason"].decode() for r in dead}
-    assert {"not_json", "not_utf8", "null_value", "missing_field", "wrong_type", "too_long", "too_large",
-            "too_deep", "not_object", "nul_character"} <= reasons
+    assert {
+        "not_json",
+        "not_utf8",
+        "null_value",
+        "missing_field",
+        "wrong_type",
+        "too_long",
+        "too_large",
+        "too_deep",
+        "not_object",
+        "nul_character",
+    } <= reasons
     await assert_exactly_once(db, events)
     assert consumer.alive
 
@@ -195,9 +221,10 @@ async def test_two_writers_store_traces_that_span_partitions_exactly_once(settin
 
 
 async def test_kill_9_mid_ingest_records_each_dead_letter_once_and_publishes_them_all(
-        settings, launch, db, kafka_bootstrap):
+    settings, launch, db, kafka_bootstrap
+):
     rng = random.Random(29)
-    messages = []
+    messages: list[tuple[bytes, bytes | None]] = []
     for key, value in workload(traces=600, seed=29, prefix="dl-kill"):
         messages.append((key, value))
         if rng.random() < 0.3:
@@ -220,7 +247,6 @@ async def test_kill_9_mid_ingest_records_each_dead_letter_once_and_publishes_the
     # and the mark (the rows of one publishing round); the old way sent a batch's again on every
     # redelivery.
     dead = await read_all(kafka_bootstrap, settings.dlq_topic, 2 * invalid, timeout=10)  # all there is
-    positions = {(dict(r.headers)["tracker.source.partition"], dict(r.headers)["tracker.source.offset"])
-                 for r in dead}
+    positions = {(dict(r.headers)["tracker.source.partition"], dict(r.headers)["tracker.source.offset"]) for r in dead}
     assert len(positions) == invalid
     await assert_exactly_once(db, events)

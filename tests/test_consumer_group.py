@@ -47,8 +47,7 @@ async def _wait_gone(pids: list[int], timeout: float = 90) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_consumer_processes_split_the_partitions_and_store_each_event_once(
-        settings, launch, db, kafka_bootstrap):
+async def test_consumer_processes_split_the_partitions_and_store_each_event_once(settings, launch, db, kafka_bootstrap):
     messages = workload(traces=1500, seed=31, prefix="group")
     events = valid_events(messages)
     settings = dataclasses.replace(settings, consumer_processes=3, batch_max_records=300)
@@ -71,8 +70,11 @@ async def test_consumer_processes_split_the_partitions_and_store_each_event_once
 
     # One scrape of the parent's port shows every member's work, each series labelled by process.
     status, text = await _get(metrics_url)
-    stored = [s for s in _samples(text, "tracker_consumer_messages")
-              if s.name.endswith("_total") and s.labels["result"] == "stored"]
+    stored = [
+        s
+        for s in _samples(text, "tracker_consumer_messages")
+        if s.name.endswith("_total") and s.labels["result"] == "stored"
+    ]
     assert all(s.value > 0 for s in stored) and {s.labels["process"] for s in stored} == {"0", "1", "2"}
     assert sum(s.value for s in stored) == len({e.event_id for e in events})
     assert consumer.terminate() == 0

@@ -11,16 +11,24 @@ from consumer.metrics import _LAG_BUCKETS, BatchHistogram
 
 
 def _exported(registry: CollectorRegistry, name: str) -> dict[str, float]:
-    return {f"{s.name}{s.labels}": s.value for family in registry.collect() for s in family.samples
-            if s.name.startswith(name) and not s.name.endswith("_created")}
+    return {
+        f"{s.name}{s.labels}": s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name.startswith(name) and not s.name.endswith("_created")
+    }
 
 
 def test_event_lag_from_timestamps_equals_one_observation_per_age():
     rng = random.Random(5)
     now_ms = 1_700_000_000_000
     for _ in range(50):
-        timestamps = [now_ms - rng.choice([0, 1, 4, 5, 6, 999, 1000, 1001, 59_999, 60_000, 10**7, 10**9])
-                      - rng.choice([0, 0, 0, 1]) for _ in range(rng.randrange(0, 40))]
+        timestamps: list[int | None] = [
+            now_ms
+            - rng.choice([0, 1, 4, 5, 6, 999, 1000, 1001, 59_999, 60_000, 10**7, 10**9])
+            - rng.choice([0, 0, 0, 1])
+            for _ in range(rng.randrange(0, 40))
+        ]
         timestamps += rng.sample([now_ms + 500, 0, -1, None], rng.randrange(0, 5))  # future, and no timestamp
         rng.shuffle(timestamps)
         ours, reference = CollectorRegistry(), CollectorRegistry()

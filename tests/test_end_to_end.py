@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.helpers.api import get_json, wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
-from tests.helpers.kafka import read_all, wait_all_committed
 from tests.helpers.ingest import wait_stored
+from tests.helpers.kafka import read_all, wait_all_committed
 
 
 @pytest.fixture
@@ -31,15 +31,21 @@ async def producer(kafka_bootstrap):
 async def test_produced_events_of_both_formats_are_visible_through_the_api(settings, launch, producer):
     await launch.consumer(settings)
     await launch.api(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     trace = "e2e-both-formats"
     docs = [
         payload_tracker(trace, "ingress", "received", now - timedelta(seconds=3), account="0001"),
         payload_tracker(trace, "ingress", "success", now - timedelta(seconds=2)),
         # Status API, legacy names, finishing the trace with a failure
-        {"id": trace, "handler": "copy", "status": "FAILED", "run_status": "FINISHED",
-         "date_started": (now - timedelta(seconds=2)).isoformat(), "date_end": now.isoformat(),
-         "errors": [{"message": {"nb": "feil", "en": "bucket missing"}}]},
+        {
+            "id": trace,
+            "handler": "copy",
+            "status": "FAILED",
+            "run_status": "FINISHED",
+            "date_started": (now - timedelta(seconds=2)).isoformat(),
+            "date_end": now.isoformat(),
+            "errors": [{"message": {"nb": "feil", "en": "bucket missing"}}],
+        },
     ]
     sent_at = time.monotonic()
     for doc in docs:
@@ -58,20 +64,30 @@ async def test_produced_events_of_both_formats_are_visible_through_the_api(setti
     code, history, _ = await get_json(f"{settings.api_url}/v1/traces/{trace}/events")
     assert code == 200
     assert [(e["service"], e["status"]) for e in history["data"]] == [
-        ("ingress", "received"), ("ingress", "success"), ("copy", "error")]
+        ("ingress", "received"),
+        ("ingress", "success"),
+        ("copy", "error"),
+    ]
     assert [e["format"] for e in history["data"]] == ["payload_tracker", "payload_tracker", "status_api"]
     assert history["next_cursor"] is None
 
 
 async def test_malformed_messages_are_dead_lettered_and_never_stop_the_consumer(
-        settings, launch, producer, kafka_bootstrap):
+    settings, launch, producer, kafka_bootstrap
+):
     consumer = await launch.consumer(settings)
     await launch.api(settings)
-    now = datetime.now(timezone.utc)
-    bad = [b"{not json", b"\xff\xfe", None, encode([1, 2]), encode({"service": "x", "status": "received"}),
-           encode({"id": "a", "trace_id": "b", "handler": "h", "status": "OK", "date_end": now.isoformat()})]
+    now = datetime.now(UTC)
+    bad = [
+        b"{not json",
+        b"\xff\xfe",
+        None,
+        encode([1, 2]),
+        encode({"service": "x", "status": "received"}),
+        encode({"id": "a", "trace_id": "b", "handler": "h", "status": "OK", "date_end": now.isoformat()}),
+    ]
     good = [payload_tracker(f"e2e-good-{i}", "ingress", "received", now) for i in range(len(bad))]
-    for value, doc in zip(bad, good):
+    for value, doc in zip(bad, good, strict=True):
         await producer.send_and_wait(settings.topic, value, key=b"k")
         await producer.send_and_wait(settings.topic, encode(doc), key=b"k")
 
@@ -87,7 +103,8 @@ async def test_malformed_messages_are_dead_lettered_and_never_stop_the_consumer(
         assert headers["tracker.detail"]
         reasons.append(headers["tracker.reason"].decode())
     assert sorted(reasons) == sorted(
-        ["not_json", "not_utf8", "null_value", "not_object", "missing_field", "conflicting_fields"])
+        ["not_json", "not_utf8", "null_value", "not_object", "missing_field", "conflicting_fields"]
+    )
     assert [r.value for r in dead] == bad  # the original bytes, in order (one key, one partition)
     assert consumer.alive
 
@@ -114,13 +131,15 @@ async def group_members(bootstrap: str, group: str) -> int:
         await admin.close()
 
 
-async def test_consumer_exits_cleanly_on_sigterm_and_resumes_where_it_committed(settings, launch, producer, db,
-                                                                                 kafka_bootstrap):
+async def test_consumer_exits_cleanly_on_sigterm_and_resumes_where_it_committed(
+    settings, launch, producer, db, kafka_bootstrap
+):
     consumer = await launch.consumer(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for i in range(50):
-        await producer.send(settings.topic, encode(payload_tracker(f"stop-{i % 5}", "svc", f"s{i}", now)),
-                            key=f"stop-{i % 5}".encode())
+        await producer.send(
+            settings.topic, encode(payload_tracker(f"stop-{i % 5}", "svc", f"s{i}", now)), key=f"stop-{i % 5}".encode()
+        )
     await producer.flush()
     await wait_stored(db, 50, timeout=30, process=consumer)
     assert consumer.terminate() == 0
@@ -128,8 +147,9 @@ async def test_consumer_exits_cleanly_on_sigterm_and_resumes_where_it_committed(
     assert await group_members(kafka_bootstrap, settings.consumer_group) == 0
 
     for i in range(50, 60):
-        await producer.send(settings.topic, encode(payload_tracker(f"stop-{i % 5}", "svc", f"s{i}", now)),
-                            key=f"stop-{i % 5}".encode())
+        await producer.send(
+            settings.topic, encode(payload_tracker(f"stop-{i % 5}", "svc", f"s{i}", now)), key=f"stop-{i % 5}".encode()
+        )
     await producer.flush()
     restarted = await launch.consumer(settings, name="consumer-2")
     await wait_stored(db, 60, timeout=30, process=restarted)
@@ -164,12 +184,14 @@ async def test_history_pages_with_a_cursor_return_every_event_once(settings, lau
     await launch.consumer(settings)
     await launch.api(settings)
     trace = "paged"
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(25):
         # Several events share a timestamp: ties must not be skipped or repeated across pages.
-        await producer.send(settings.topic, encode(payload_tracker(trace, f"svc{i % 3}", f"step{i}",
-                                                                   base + timedelta(seconds=i // 4))),
-                            key=trace.encode())
+        await producer.send(
+            settings.topic,
+            encode(payload_tracker(trace, f"svc{i % 3}", f"step{i}", base + timedelta(seconds=i // 4))),
+            key=trace.encode(),
+        )
     await producer.flush()
     await wait_for_trace(settings.api_url, trace, 25)
     for order in ("asc", "desc"):
@@ -193,20 +215,51 @@ async def test_cli_sends_an_event_and_reports_the_trace_status(settings, launch)
     await launch.consumer(settings)
     await launch.api(settings)
     env = settings.child_environ()
-    sent = subprocess.run([sys.executable, "-m", "tracker.cli", "send", "--trace-id", "cli-1", "--service",
-                           "ingress", "--status", "error", "--message", "disk full", "--trace-status", "FINISHED"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracker.cli",
+            "send",
+            "--trace-id",
+            "cli-1",
+            "--service",
+            "ingress",
+            "--status",
+            "error",
+            "--message",
+            "disk full",
+            "--trace-status",
+            "FINISHED",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["trace_id"] == "cli-1"
     await wait_for_trace(settings.api_url, "cli-1", 1)
-    status = subprocess.run([sys.executable, "-m", "tracker.cli", "status", "cli-1", "--format", "json"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "status", "cli-1", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert status.returncode == 1  # the trace failed: scripts can branch on it
     body = json.loads(status.stdout)
     assert body["done"] and body["status"] == "failed" and body["errors"][0]["message"] == "disk full"
-    missing = subprocess.run([sys.executable, "-m", "tracker.cli", "status", "nope"], capture_output=True,
-                             text=True, env=env, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "status", "nope"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert missing.returncode == 4 and "nope" in missing.stderr
-    invalid = subprocess.run([sys.executable, "-m", "tracker.cli", "send"], input='{"trace_id": "x"}',
-                             capture_output=True, text=True, env=env, timeout=60)
+    invalid = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "send"],
+        input='{"trace_id": "x"}',
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert invalid.returncode == 2 and "missing_field" in invalid.stderr

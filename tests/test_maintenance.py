@@ -6,14 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from consumer.store import prepare_connection, write_batch
-from tests.helpers.factories import encode, payload_tracker
-from tracker.events import parse_message
+from tests.helpers.factories import events_of, payload_tracker
 from tracker.db import init_connection
 from tracker.maintenance import _LOCK_KEY, create_partition, existing_partitions, run_maintenance
 
@@ -21,7 +20,7 @@ TODAY = date(2026, 3, 10)
 
 
 def at(day: date, hour: int = 12) -> datetime:
-    return datetime(day.year, day.month, day.day, hour, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ async def db(db):
 
 async def write(db, docs):
     await prepare_connection(db)
-    await write_batch(db, [parse_message(encode(d), max_bytes=1 << 20) for d in docs])
+    await write_batch(db, events_of(docs))
 
 
 async def test_partitions_are_created_ahead_and_late_events_are_moved_in(db):
@@ -58,9 +57,14 @@ async def test_partitions_are_created_ahead_and_late_events_are_moved_in(db):
 
 async def test_retention_drops_whole_partitions_and_expired_state(db):
     await run_maintenance(db, retention_days=14, days_ahead=1, today=TODAY)
-    await write(db, [payload_tracker("old", "svc", "received", at(TODAY - timedelta(days=1))),
-                     payload_tracker("older", "svc", "received", at(TODAY - timedelta(days=30))),
-                     payload_tracker("new", "svc", "received", at(TODAY))])
+    await write(
+        db,
+        [
+            payload_tracker("old", "svc", "received", at(TODAY - timedelta(days=1))),
+            payload_tracker("older", "svc", "received", at(TODAY - timedelta(days=30))),
+            payload_tracker("new", "svc", "received", at(TODAY)),
+        ],
+    )
     # Ten days later, with a 7-day retention: yesterday's partition and the older default rows go.
     later = TODAY + timedelta(days=10)
     result = await run_maintenance(db, retention_days=7, days_ahead=1, today=later)
@@ -73,9 +77,13 @@ async def test_retention_drops_whole_partitions_and_expired_state(db):
 
 
 async def test_tracker_retention_command_reports_what_it_did(db, database_url):
-    out = subprocess.run([sys.executable, "-m", "tracker.cli", "retention"], capture_output=True, text=True,
-                         env={"DATABASE_URL": database_url, "TRACKER_RETENTION_DAYS": "14", "PATH": "/usr/bin:/bin"},
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "retention"],
+        capture_output=True,
+        text=True,
+        env={"DATABASE_URL": database_url, "TRACKER_RETENTION_DAYS": "14", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["retention_days"] == 14 and len(report["partitions_created"]) == 18
@@ -84,9 +92,14 @@ async def test_tracker_retention_command_reports_what_it_did(db, database_url):
 async def test_late_events_beyond_the_precreated_days_get_their_own_partition(db):
     await run_maintenance(db, retention_days=365, days_ahead=1, today=TODAY)
     late = TODAY - timedelta(days=100)
-    await write(db, [payload_tracker("late", "svc", "received", at(late)),
-                     payload_tracker("later", "svc", "received", at(late, 13)),
-                     payload_tracker("expired", "svc", "received", at(TODAY - timedelta(days=400)))])
+    await write(
+        db,
+        [
+            payload_tracker("late", "svc", "received", at(late)),
+            payload_tracker("later", "svc", "received", at(late, 13)),
+            payload_tracker("expired", "svc", "received", at(TODAY - timedelta(days=400))),
+        ],
+    )
     assert await db.fetchval("SELECT count(*) FROM events_default") == 3
     result = await run_maintenance(db, retention_days=365, days_ahead=1, today=TODAY)
     assert result.created == [f"events_{late:%Y%m%d}"]

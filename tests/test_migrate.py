@@ -12,11 +12,11 @@ import uuid
 import asyncpg
 
 from consumer.store import prepare_connection, write_batch
-from tests.helpers.factories import encode, pipeline_trace
+from tests.helpers.factories import events_of, pipeline_trace
 from tests.helpers.reference import expected_rollups, stored_rollups
 from tracker.db import init_connection
 from tracker.devservices.postgres import create_database, drop_database
-from tracker.events import Event, parse_message
+from tracker.events import Event
 from tracker.migrate import migrate, migration_files
 
 
@@ -32,8 +32,12 @@ async def test_migrate_applies_every_file_once_then_is_a_no_op(postgres_admin_ur
         await conn.close()
         assert recorded == first
         # The console script does the same, and says so.
-        out = subprocess.run([sys.executable, "-m", "tracker.cli", "migrate"], capture_output=True, text=True,
-                             env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"})
+        out = subprocess.run(
+            [sys.executable, "-m", "tracker.cli", "migrate"],
+            capture_output=True,
+            text=True,
+            env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        )
         assert out.returncode == 0 and out.stdout.strip() == "up to date", out
     finally:
         await drop_database(postgres_admin_url, name)
@@ -57,11 +61,15 @@ async def test_the_per_minute_counts_move_into_their_hour_rows_unchanged(postgre
         await migrate(url, before_007)
         conn = await asyncpg.connect(url)
         # The rows the consumer wrote under migrations 002/003: one per minute, and per hour.
-        await conn.executemany("INSERT INTO rollup_counts (bucket, service, status, events) VALUES ($1, $2, $3, $4)",
-                               [(*key, n) for key, n in counts.items()])
-        await conn.execute("INSERT INTO rollup_counts_hour (bucket, service, status, events) "
-                           "SELECT date_trunc('hour', bucket), service, status, sum(events) FROM rollup_counts "
-                           "GROUP BY 1, 2, 3")
+        await conn.executemany(
+            "INSERT INTO rollup_counts (bucket, service, status, events) VALUES ($1, $2, $3, $4)",
+            [(*key, n) for key, n in counts.items()],
+        )
+        await conn.execute(
+            "INSERT INTO rollup_counts_hour (bucket, service, status, events) "
+            "SELECT date_trunc('hour', bucket), service, status, sum(events) FROM rollup_counts "
+            "GROUP BY 1, 2, 3"
+        )
         assert (await migrate(url))[0] == "007_minute_counts_in_hour_rows.sql"
         assert (await stored_rollups(conn))[0] == counts
         # Same again, on top of the converted rows: every count doubles.
@@ -75,4 +83,4 @@ async def test_the_per_minute_counts_move_into_their_hour_rows_unchanged(postgre
 
 
 def _events(docs) -> list[Event]:
-    return [parse_message(encode(doc), max_bytes=1 << 20) for doc in docs]
+    return events_of(docs)

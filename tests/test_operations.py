@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -23,9 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = json.loads((ROOT / "grafana/dashboards/tracker.json").read_text())
 RULES = ROOT / "prometheus/rules.yml"
 # Panels that must show data once events have flowed (not only parse).
-MUST_HAVE_DATA = {"Ingest rate vs produce rate", "Consumer lag", "Events by service and status",
-                  "Elapsed per service p50 / p95 / p99 (received to outcome)", "Success rate per service",
-                  "API request rate by operation", "Dead letters by reason"}
+MUST_HAVE_DATA = {
+    "Ingest rate vs produce rate",
+    "Consumer lag",
+    "Events by service and status",
+    "Elapsed per service p50 / p95 / p99 (received to outcome)",
+    "Success rate per service",
+    "API request rate by operation",
+    "Dead letters by reason",
+}
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
@@ -60,19 +66,32 @@ async def query(session, base: str, expr: str) -> dict:
         return await response.json()
 
 
-async def test_every_dashboard_and_alert_expression_evaluates_on_real_scrapes(settings, launch, prometheus,
-                                                                            kafka_bootstrap):
+async def test_every_dashboard_and_alert_expression_evaluates_on_real_scrapes(
+    settings, launch, prometheus, kafka_bootstrap
+):
     await launch.consumer(settings)
     await launch.api(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     messages = []
     for i in range(40):
         trace = f"ops-{i}"
-        messages += [(trace.encode(), encode(payload_tracker(trace, f"svc{i % 3}", "received", now))),
-                     (trace.encode(), encode(payload_tracker(trace, f"svc{i % 3}", "error" if i % 5 == 0 else "success",
-                                                             now + timedelta(seconds=2)))),
-                     (trace.encode(), encode(tracker_event(trace, "pipeline", "success", now + timedelta(seconds=3),
-                                                           trace_status="FINISHED")))]
+        messages += [
+            (trace.encode(), encode(payload_tracker(trace, f"svc{i % 3}", "received", now))),
+            (
+                trace.encode(),
+                encode(
+                    payload_tracker(
+                        trace, f"svc{i % 3}", "error" if i % 5 == 0 else "success", now + timedelta(seconds=2)
+                    )
+                ),
+            ),
+            (
+                trace.encode(),
+                encode(
+                    tracker_event(trace, "pipeline", "success", now + timedelta(seconds=3), trace_status="FINISHED")
+                ),
+            ),
+        ]
     messages.append((b"bad", b"{not json"))
 
     async with aiohttp.ClientSession() as session:
@@ -106,13 +125,18 @@ async def test_every_dashboard_and_alert_expression_evaluates_on_real_scrapes(se
         for port_url in (f"http://127.0.0.1:{settings.consumer_port}/metrics", f"{settings.api_url}/metrics"):
             async with session.get(port_url) as response:
                 text = await response.text()
-            exposed = {sample.name for family in text_string_to_metric_families(text)
-                       for sample in family.samples if sample.name.startswith("tracker_")}
+            exposed = {
+                sample.name
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name.startswith("tracker_")
+            }
             assert exposed and not exposed - exported, (port_url, exposed - exported)
 
         empty = []
-        for source, (title, expr) in [("dashboard", e) for e in dashboard_expressions()] + \
-                                     [("rule", e) for e in rule_expressions()]:
+        for source, (title, expr) in [("dashboard", e) for e in dashboard_expressions()] + [
+            ("rule", e) for e in rule_expressions()
+        ]:
             # Grafana's variables, as Grafana would fill them in.
             concrete = expr.replace("$__rate_interval", "1m").replace("$service", ".*")
             result = await query(session, prometheus, concrete)

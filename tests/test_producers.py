@@ -9,15 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from tests.helpers.api import get_json, wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce
-from tests.helpers.api import get_json, wait_for_trace
 from tracker.client import SyncTracker, Tracker
 
 
@@ -29,18 +29,40 @@ async def stack(settings, launch):
 
 
 def cli(settings, *args, timeout=60, input=None):
-    return subprocess.run([sys.executable, "-m", "tracker.cli", *args], capture_output=True, text=True,
-                          env=settings.child_environ(), timeout=timeout, input=input)
+    return subprocess.run(
+        [sys.executable, "-m", "tracker.cli", *args],
+        capture_output=True,
+        text=True,
+        env=settings.child_environ(),
+        timeout=timeout,
+        input=input,
+    )
 
 
 async def test_cli_status_history_json_and_listing_commands(stack, kafka_bootstrap):
-    now = datetime.now(timezone.utc)
-    await produce(kafka_bootstrap, stack.topic, [
-        (b"c-1", encode(payload_tracker("c-1", "ingress", "received", now - timedelta(seconds=5)))),
-        (b"c-1", encode(payload_tracker("c-1", "ingress", "success", now - timedelta(seconds=3)))),
-        (b"c-1", encode({"trace_id": "c-1", "service": "copy", "status": "success", "timestamp": now.isoformat(),
-                         "trace_status": "FINISHED", "operation": "copy_files", "duration_ms": 1500})),
-    ])
+    now = datetime.now(UTC)
+    await produce(
+        kafka_bootstrap,
+        stack.topic,
+        [
+            (b"c-1", encode(payload_tracker("c-1", "ingress", "received", now - timedelta(seconds=5)))),
+            (b"c-1", encode(payload_tracker("c-1", "ingress", "success", now - timedelta(seconds=3)))),
+            (
+                b"c-1",
+                encode(
+                    {
+                        "trace_id": "c-1",
+                        "service": "copy",
+                        "status": "success",
+                        "timestamp": now.isoformat(),
+                        "trace_status": "FINISHED",
+                        "operation": "copy_files",
+                        "duration_ms": 1500,
+                    }
+                ),
+            ),
+        ],
+    )
     await wait_for_trace(stack.api_url, "c-1", 3)
 
     table = cli(stack, "status", "c-1")
@@ -72,15 +94,27 @@ async def test_cli_status_history_json_and_listing_commands(stack, kafka_bootstr
 @pytest.mark.parametrize("failed, code", [(False, 0), (True, 1)])
 async def test_cli_watch_waits_until_done_then_exits_with_the_outcome(stack, kafka_bootstrap, failed, code):
     trace = f"watch-{failed}"
-    now = datetime.now(timezone.utc)
-    await produce(kafka_bootstrap, stack.topic, [(trace.encode(), encode(payload_tracker(trace, "a", "received", now)))])
+    now = datetime.now(UTC)
+    await produce(
+        kafka_bootstrap, stack.topic, [(trace.encode(), encode(payload_tracker(trace, "a", "received", now)))]
+    )
     await wait_for_trace(stack.api_url, trace, 1)
-    watch = subprocess.Popen([sys.executable, "-m", "tracker.cli", "status", trace, "--watch", "--interval", "0.2"],
-                             env=stack.child_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "tracker.cli", "status", trace, "--watch", "--interval", "0.2"],
+        env=stack.child_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     await asyncio.sleep(1.5)
     assert watch.poll() is None, "watch returned before the trace was done"
-    finish = {"trace_id": trace, "service": "b", "status": "error" if failed else "success",
-              "timestamp": (now + timedelta(seconds=1)).isoformat(), "trace_status": "FINISHED"}
+    finish = {
+        "trace_id": trace,
+        "service": "b",
+        "status": "error" if failed else "success",
+        "timestamp": (now + timedelta(seconds=1)).isoformat(),
+        "trace_status": "FINISHED",
+    }
     await produce(kafka_bootstrap, stack.topic, [(trace.encode(), encode(finish))])
     out, err = await asyncio.to_thread(watch.communicate, timeout=30)
     assert watch.returncode == code, (out, err)
@@ -95,7 +129,7 @@ async def test_producer_library_reports_steps_lineage_and_exceptions(stack, kafk
             step.body["files_outgoing"] = ["s3://clean/a"]
         with pytest.raises(ZeroDivisionError):
             async with tracker.step(trace, "convert"):
-                1 / 0
+                _ = 1 / 0  # a real exception from the step's code
         tracker.finish(trace, failed=True, message="convert failed")
         assert await tracker.flush(20)
     assert tracker.dropped == 0 and tracker.sent == 5
@@ -185,10 +219,8 @@ async def test_producer_library_delivers_a_burst_of_thousands_before_close_retur
     assert len({m["event_id"] for m in delivered}) == 5000
 
 
-async def test_producer_library_refuses_oversized_and_unserialisable_events_without_raising(settings,
-                                                                                            kafka_bootstrap):
-    tracker = await Tracker(kafka_bootstrap, service="edge", topic=settings.topic,
-                            max_message_bytes=64 * 1024).start()
+async def test_producer_library_refuses_oversized_and_unserialisable_events_without_raising(settings, kafka_bootstrap):
+    tracker = await Tracker(kafka_bootstrap, service="edge", topic=settings.topic, max_message_bytes=64 * 1024).start()
     assert tracker.emit("edge-1", "received") is True
     # Over the bound: refused at once, so it can never stall the events behind it.
     assert tracker.emit("edge-1", "success", body={"blob": "x" * 100_000}) is False
@@ -202,8 +234,9 @@ async def test_producer_library_refuses_oversized_and_unserialisable_events_with
 
 def test_sync_producer_library_emits_from_many_threads_and_close_reports_unsent(settings, kafka_bootstrap):
     tracker = SyncTracker(kafka_bootstrap, service="threads", topic=settings.topic)
-    threads = [threading.Thread(target=lambda n=n: [tracker.emit(f"th-{n}", "received") for _ in range(500)])
-               for n in range(4)]
+    threads = [
+        threading.Thread(target=lambda n=n: [tracker.emit(f"th-{n}", "received") for _ in range(500)]) for n in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -214,7 +247,7 @@ def test_sync_producer_library_emits_from_many_threads_and_close_reports_unsent(
 
 async def test_http_ingestion_end_to_end(stack):
     async with aiohttp.ClientSession(base_url=stack.api_url) as session:
-        doc = payload_tracker("http-1", "ingress", "received", datetime.now(timezone.utc))
+        doc = payload_tracker("http-1", "ingress", "received", datetime.now(UTC))
         async with session.post("/v1/events", json=doc) as response:
             assert response.status == 202
             accepted = await response.json()
@@ -237,8 +270,7 @@ async def test_http_ingestion_end_to_end(stack):
         assert state["services"][0]["service"] == "uploader" and not state["done"]
 
         # Legacy Status API names are accepted over HTTP as on Kafka (the schema shows the modern ones).
-        legacy = {"id": "http-legacy", "handler": "copy", "status": "OK",
-                  "date_end": datetime.now(timezone.utc).isoformat()}
+        legacy = {"id": "http-legacy", "handler": "copy", "status": "OK", "date_end": datetime.now(UTC).isoformat()}
         async with session.post("/v1/events", json=legacy) as response:
             assert response.status == 202, await response.text()
         async with session.post("/v1/traces", json={"nope": 1}) as response:
@@ -248,9 +280,11 @@ async def test_http_ingestion_end_to_end(stack):
             assert "control character" in (await response.json())["detail"]
         async with session.post("/v1/traces", json={"service": "lone\udb1c"}) as response:
             assert response.status == 400  # schemathesis found this one: it was a 500
-        async with session.post("/v1/traces", json={"service": "big", "body": {"n": 10 ** 30}}) as response:
+        async with session.post("/v1/traces", json={"service": "big", "body": {"n": 10**30}}) as response:
             assert response.status == 202  # so was this: an integer beyond 64 bits
-        async with session.post("/v1/events", data=b"\xff\x0e", headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            "/v1/events", data=b"\xff\x0e", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400
             assert "UTF-8" in (await response.json())["detail"]
 
@@ -261,11 +295,12 @@ async def test_http_ingestion_without_kafka_answers_503_and_stores_nothing(setti
     from tracker.devservices.ports import free_port
 
     port = free_port()
-    no_kafka = dataclasses.replace(settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", api_port=port,
-                                   api_url=f"http://127.0.0.1:{port}")
+    no_kafka = dataclasses.replace(
+        settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", api_port=port, api_url=f"http://127.0.0.1:{port}"
+    )
     await launch.api(no_kafka)
     async with aiohttp.ClientSession(base_url=no_kafka.api_url) as session:
-        doc = payload_tracker("never", "ingress", "received", datetime.now(timezone.utc))
+        doc = payload_tracker("never", "ingress", "received", datetime.now(UTC))
         async with session.post("/v1/events", json=doc) as response:
             assert response.status == 503
             assert "retry" in (await response.json())["detail"]

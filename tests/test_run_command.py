@@ -27,9 +27,15 @@ def _fresh_env(state: Path) -> tuple[dict[str, str], int, int]:
     """Our environment with no Kafka and no database configured, ports and state of its own."""
     api_port, consumer_port = free_port(), free_port()
     ours = Settings.from_env()
-    settings = Settings.from_env({}, state_dir=str(state), api_port=api_port, consumer_port=consumer_port,
-                                 api_url=f"http://127.0.0.1:{api_port}",
-                                 java_home=ours.java_home, cache_home=ours.cache_home)
+    settings = Settings.from_env(
+        {},
+        state_dir=str(state),
+        api_port=api_port,
+        consumer_port=consumer_port,
+        api_url=f"http://127.0.0.1:{api_port}",
+        java_home=ours.java_home,
+        cache_home=ours.cache_home,
+    )
     return settings.child_environ(), api_port, consumer_port
 
 
@@ -48,7 +54,8 @@ def _descendants(pid: int) -> set[int]:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 pass
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         children = {child for child, parent in parents.items() if parent in frontier} - found
         found |= children
@@ -103,8 +110,9 @@ def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
     env, api_port, consumer_port = _fresh_env(state)
     out_path = state / "up.out"
     with open(out_path, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "tracker.cli", "up"], env=env, cwd=ROOT, stdout=out,
-                              stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli", "up"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 240
         while "tracker is up." not in out_path.read_text() and time.monotonic() < deadline:
@@ -116,7 +124,9 @@ def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
         sent = subprocess.run(send_line, shell=True, capture_output=True, text=True, env=env, timeout=60)
         assert sent.returncode == 0, sent.stderr
 
-        curl = re.search(r"curl -s (\S+)", banner).group(1)
+        shown = re.search(r"curl -s (\S+)", banner)
+        assert shown, banner
+        curl = shown.group(1)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -143,8 +153,9 @@ def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
 
 def _run_command_up(env: dict[str, str]) -> subprocess.Popen:
     """README's run command, its stdout a pipe, in a process group of its own like a terminal job."""
-    return subprocess.Popen(["bin/run"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["bin/run"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 @contextlib.contextmanager
@@ -199,7 +210,12 @@ def test_a_user_without_root_is_told_the_one_command_that_installs_what_is_missi
     script = (ROOT / "bin" / "_system").read_text() + "\nneed_system_packages test\n"
     result = subprocess.run(
         [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "nobody", "--", "/bin/bash", "-c", script],
-        capture_output=True, text=True, env={"PATH": str(bindir)}, cwd="/", timeout=60)
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bindir)},
+        cwd="/",
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     assert "sudo apt-get install -y openjdk-17-jre-headless maven" in result.stderr
     assert "prometheus" in result.stderr

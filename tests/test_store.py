@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consumer.store import prepare_connection, write_batch
 from tests.helpers.factories import (
-    BASE, encode, payload_tracker, pipeline_trace, status_api, tracker_event, with_status_step,
+    BASE,
+    events_of,
+    payload_tracker,
+    pipeline_trace,
+    status_api,
+    tracker_event,
+    with_status_step,
 )
 from tests.helpers.reference import expected_rollups, expected_state, stored_rollups, stored_state
 from tracker.db import use_fast_timestamps
-from tracker.events import Event, parse_message
-
-
-def events_of(docs) -> list[Event]:
-    events = [parse_message(encode(d), max_bytes=1 << 20) for d in docs]
-    assert all(isinstance(e, Event) for e in events), events
-    return events
 
 
 async def test_redelivered_batch_writes_each_event_once(db):
@@ -49,10 +49,14 @@ async def test_same_event_twice_in_one_batch_is_stored_once(db):
 async def test_one_event_id_at_two_times_is_two_events_and_a_repeat_is_one(db):
     # The key is (event_id, ts): a batch where an id repeats takes the exact path (store.py).
     await prepare_connection(db)
-    events = events_of([tracker_event("t", "copy", "received", BASE, event_id="e-1"),
-                        tracker_event("t", "copy", "success", BASE + timedelta(seconds=1), event_id="e-1"),
-                        tracker_event("t", "copy", "received", BASE, event_id="e-1"),
-                        tracker_event("t", "copy", "received", BASE, event_id="e-2")])
+    events = events_of(
+        [
+            tracker_event("t", "copy", "received", BASE, event_id="e-1"),
+            tracker_event("t", "copy", "success", BASE + timedelta(seconds=1), event_id="e-1"),
+            tracker_event("t", "copy", "received", BASE, event_id="e-1"),
+            tracker_event("t", "copy", "received", BASE, event_id="e-2"),
+        ]
+    )
     result = await write_batch(db, events)
     assert (result.inserted, result.duplicates) == (3, 1)
     assert await db.fetchval("SELECT count(*) FROM events WHERE event_id = 'e-1'") == 2
@@ -61,12 +65,20 @@ async def test_one_event_id_at_two_times_is_two_events_and_a_repeat_is_one(db):
 
 async def test_both_formats_land_in_one_trace(db):
     await prepare_connection(db)
-    events = events_of([
-        payload_tracker("mixed", "ingress", "received", BASE),
-        status_api("mixed", "copy", True, BASE + timedelta(seconds=2)),
-        {"id": "mixed", "handler": "publish", "status": "FAILED", "run_status": "FINISHED",
-         "date_end": (BASE + timedelta(seconds=5)).isoformat(), "errors": [{"message": {"en": "no space"}}]},
-    ])
+    events = events_of(
+        [
+            payload_tracker("mixed", "ingress", "received", BASE),
+            status_api("mixed", "copy", True, BASE + timedelta(seconds=2)),
+            {
+                "id": "mixed",
+                "handler": "publish",
+                "status": "FAILED",
+                "run_status": "FINISHED",
+                "date_end": (BASE + timedelta(seconds=5)).isoformat(),
+                "errors": [{"message": {"en": "no space"}}],
+            },
+        ]
+    )
     await write_batch(db, events)
     traces, services = await stored_state(db)
     assert traces["mixed"]["done"] and traces["mixed"]["status"] == "failed"
@@ -78,14 +90,17 @@ async def test_status_api_steps_count_from_their_start_time(db):
     """Three 1 s steps back to back: each service took 1 s and the trace 3 s, in the trace
     document as in the elapsed-time rollups (it showed 0 s per service and 2 s in total)."""
     await prepare_connection(db)
-    steps = [status_api("steps", name, True, BASE + timedelta(seconds=i + 1)) for i, name in
-             enumerate(("fetch", "convert", "publish"))]
+    steps = [
+        status_api("steps", name, True, BASE + timedelta(seconds=i + 1))
+        for i, name in enumerate(("fetch", "convert", "publish"))
+    ]
     steps[-1]["trace_status"] = "FINISHED"
     events = events_of(steps)
     await write_batch(db, events)
     for name in ("fetch", "convert", "publish"):
-        row = await db.fetchrow("SELECT first_at, last_at FROM trace_services WHERE trace_id = 'steps' "
-                                "AND service = $1", name)
+        row = await db.fetchrow(
+            "SELECT first_at, last_at FROM trace_services WHERE trace_id = 'steps' AND service = $1", name
+        )
         assert row["last_at"] - row["first_at"] == timedelta(seconds=1), name
     trace = await db.fetchrow("SELECT first_at, last_at, finish_at FROM traces WHERE trace_id = 'steps'")
     assert trace["first_at"] == BASE and trace["finish_at"] - trace["first_at"] == timedelta(seconds=3)
@@ -116,23 +131,27 @@ async def test_trace_status_rules(db):
     traces, _ = await stored_state(db)
     status = {t: (v["done"], v["status"]) for t, v in traces.items()}
     assert status == {
-        "running": (False, "in_progress"), "broken": (False, "failed"), "recovered": (False, "in_progress"),
-        "finished-ok": (True, "success"), "finished-bad": (True, "failed"),
+        "running": (False, "in_progress"),
+        "broken": (False, "failed"),
+        "recovered": (False, "in_progress"),
+        "finished-ok": (True, "success"),
+        "finished-bad": (True, "failed"),
     }
 
 
 async def test_equal_timestamps_are_ordered_by_event_id(db):
     await prepare_connection(db)
-    docs = [tracker_event("tie", "a", "success", BASE, event_id="b-event"),
-            tracker_event("tie", "a", "error", BASE, event_id="a-event")]
+    docs = [
+        tracker_event("tie", "a", "success", BASE, event_id="b-event"),
+        tracker_event("tie", "a", "error", BASE, event_id="a-event"),
+    ]
     await write_batch(db, events_of(list(reversed(docs))))
     _, services = await stored_state(db)
     assert services[("tie", "a")]["latest_status"] == "success"  # "b-event" > "a-event"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**32 - 1), batch_sizes=st.lists(st.integers(1, 7), min_size=1, max_size=6),
-       data=st.data())
+@given(seed=st.integers(0, 2**32 - 1), batch_sizes=st.lists(st.integers(1, 7), min_size=1, max_size=6), data=st.data())
 async def test_trace_state_does_not_depend_on_arrival_order(db, seed, batch_sizes, data):
     """The same events in any order, in any batch split, with redeliveries: the same state."""
     await prepare_connection(db)
@@ -140,8 +159,12 @@ async def test_trace_state_does_not_depend_on_arrival_order(db, seed, batch_size
     prefix = f"p{seed}-{len(batch_sizes)}-"
     docs = []
     for i in range(3):
-        docs += with_status_step(pipeline_trace(f"{prefix}{i}", rng, services=rng.randrange(1, 4),
-                                                fail=rng.random() < 0.4, finish=rng.random() < 0.6), rng)
+        docs += with_status_step(
+            pipeline_trace(
+                f"{prefix}{i}", rng, services=rng.randrange(1, 4), fail=rng.random() < 0.4, finish=rng.random() < 0.6
+            ),
+            rng,
+        )
     events = events_of(docs)
     shuffled = data.draw(st.permutations(events))
     # Redeliver a random few, as Kafka would after a crash before commit.
@@ -150,7 +173,7 @@ async def test_trace_state_does_not_depend_on_arrival_order(db, seed, batch_size
     sizes = itertools.cycle(batch_sizes)
     while i < len(shuffled):
         n = next(sizes)
-        await write_batch(db, shuffled[i:i + n])
+        await write_batch(db, shuffled[i : i + n])
         i += n
     traces, services = await stored_state(db)
     want_traces, want_services = expected_state(events)
@@ -174,14 +197,18 @@ async def test_rollups_equal_a_from_scratch_computation_in_any_order(database_ur
         rng = random.Random(seed)
         docs = []
         for i in range(4):
-            docs += with_status_step(pipeline_trace(f"r{i}", rng, services=rng.randrange(1, 4),
-                                                    fail=rng.random() < 0.4, finish=rng.random() < 0.7), rng)
+            docs += with_status_step(
+                pipeline_trace(
+                    f"r{i}", rng, services=rng.randrange(1, 4), fail=rng.random() < 0.4, finish=rng.random() < 0.7
+                ),
+                rng,
+            )
         # Status API events carry their own start_time; a late "received" moves a service's start.
         docs.append(status_api("r0", "svc0", True, BASE + timedelta(hours=30)))
         events = events_of(docs)
         shuffled = data.draw(st.permutations(events)) + data.draw(st.lists(st.sampled_from(events), max_size=4))
         for i in range(0, len(shuffled), batch_size):
-            await write_batch(conn, shuffled[i:i + batch_size])
+            await write_batch(conn, shuffled[i : i + batch_size])
         assert await stored_rollups(conn) == expected_rollups(events)
         assert await stored_state(conn) == expected_state(events)
     finally:
@@ -218,8 +245,10 @@ async def test_a_second_batch_adds_to_every_minute_of_an_hour_already_counted(db
     await prepare_connection(db)
     hour = BASE.replace(minute=0, second=0, microsecond=0)
     for batch in ("first", "second"):
-        await write_batch(db, events_of([tracker_event(f"{batch}-{m}", "a", "received", hour + timedelta(minutes=m))
-                                         for m in range(60)]))
+        await write_batch(
+            db,
+            events_of([tracker_event(f"{batch}-{m}", "a", "received", hour + timedelta(minutes=m)) for m in range(60)]),
+        )
     rows = await db.fetch("SELECT bucket, events FROM rollup_counts WHERE service = 'a' ORDER BY bucket")
     assert [(r["bucket"], r["events"]) for r in rows] == [(hour + timedelta(minutes=m), 2) for m in range(60)]
     assert await db.fetchval("SELECT events FROM rollup_counts_hour WHERE service = 'a'") == 120
@@ -269,18 +298,27 @@ async def test_the_writers_timestamp_codec_reads_and_writes_what_asyncpgs_own_do
     """The consumer's connections encode timestamptz themselves (tracker/db.py, for speed): every
     value, offsets, microseconds, before 2000 and infinity, means the same to PostgreSQL and comes
     back the same as through asyncpg's codec; a naive time is refused, never taken as local time."""
-    utc = timezone.utc
-    values = [BASE, BASE + timedelta(microseconds=1), datetime(1999, 12, 31, 23, 59, 59, 999999, utc),
-              datetime(1970, 1, 1, tzinfo=utc), datetime(1, 1, 1, tzinfo=utc), datetime(9999, 12, 31, 23, 59, tzinfo=utc),
-              datetime(2024, 5, 1, 10, 45, 0, 123456, timezone(timedelta(hours=5, minutes=30))),
-              datetime.max.replace(tzinfo=utc), datetime.min.replace(tzinfo=utc), datetime.max, datetime.min]
+    utc = UTC
+    values = [
+        BASE,
+        BASE + timedelta(microseconds=1),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, utc),
+        datetime(1970, 1, 1, tzinfo=utc),
+        datetime(1, 1, 1, tzinfo=utc),
+        datetime(9999, 12, 31, 23, 59, tzinfo=utc),
+        datetime(2024, 5, 1, 10, 45, 0, 123456, timezone(timedelta(hours=5, minutes=30))),
+        datetime.max.replace(tzinfo=utc),
+        datetime.min.replace(tzinfo=utc),
+        datetime.max,
+        datetime.min,
+    ]
     fast, plain = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
     try:
         await use_fast_timestamps(fast)
         query = "SELECT $1::timestamptz::text, $1::timestamptz, $2::timestamptz[]"
         for value in values:
             got, want = await fast.fetchrow(query, value, [value]), await plain.fetchrow(query, value, [value])
-            assert tuple(got) == tuple(want), value
+            assert got is not None and want is not None and tuple(got) == tuple(want), value
         rendered = "SELECT x::timestamptz FROM unnest($1::text[]) AS x"
         texts = ["infinity", "-infinity", "2000-01-01 00:00:00+00", "1969-07-20 20:17:40.5+00"]
         assert await fast.fetch(rendered, texts) == await plain.fetch(rendered, texts)

@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -62,8 +62,11 @@ DROP_REASONS = ("buffer_full", "too_large", "unserialisable", "rejected")
 
 def _retriable(exc: BaseException) -> bool:
     # aiokafka marks the errors that can succeed on retry (leader moved, timeout, connection lost).
-    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)) or isinstance(
-        exc, (ConnectionError, asyncio.TimeoutError))
+    return (
+        isinstance(exc, KafkaError)
+        and bool(getattr(exc, "retriable", False))
+        or isinstance(exc, (ConnectionError, asyncio.TimeoutError))
+    )
 
 
 class Step:
@@ -79,6 +82,9 @@ class Step:
 class _Steps:
     """What a unit of work emits, shared by the async and the sync tracker (both have ``emit``)."""
 
+    def emit(self, trace_id: str, status: str, **fields: Any) -> bool:
+        raise NotImplementedError
+
     def _begin(self, trace_id: str, operation: str | None, body: dict) -> Step:
         step = Step(trace_id, operation, dict(body))
         self.emit(trace_id, "received", operation=operation)
@@ -93,10 +99,19 @@ class _Steps:
 
 
 class Tracker(_Steps):
-    def __init__(self, bootstrap_servers: str, *, service: str, topic: str = "tracker.events",
-                 buffer_size: int = 10_000, meta: dict | None = None, close_timeout: float = 10.0,
-                 max_message_bytes: int = 1024 * 1024, batch_size: int = 2_000,
-                 producer_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        service: str,
+        topic: str = "tracker.events",
+        buffer_size: int = 10_000,
+        meta: dict | None = None,
+        close_timeout: float = 10.0,
+        max_message_bytes: int = 1024 * 1024,
+        batch_size: int = 2_000,
+        producer_options: dict | None = None,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.service = service
         self.topic = topic
@@ -131,13 +146,13 @@ class Tracker(_Steps):
     def new_trace_id() -> str:
         return str(uuid.uuid4())
 
-    async def start(self) -> "Tracker":
+    async def start(self) -> Tracker:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._sender = asyncio.create_task(self._drain())
         return self
 
-    async def __aenter__(self) -> "Tracker":
+    async def __aenter__(self) -> Tracker:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -147,8 +162,13 @@ class Tracker(_Steps):
         """Queue one event; False (counted in ``drops`` by reason) when it cannot be sent.
         Safe to call from any thread; never blocks and never raises."""
         try:
-            event = {"trace_id": trace_id, "event_id": str(uuid.uuid4()), "service": self.service,
-                     "status": status, "timestamp": datetime.now(timezone.utc).isoformat()}
+            event: dict[str, Any] = {
+                "trace_id": trace_id,
+                "event_id": str(uuid.uuid4()),
+                "service": self.service,
+                "status": status,
+                "timestamp": datetime.now(UTC).isoformat(),
+            }
             if self.meta:
                 event["meta"] = self.meta
             event.update({k: v for k, v in fields.items() if v is not None})
@@ -204,12 +224,15 @@ class Tracker(_Steps):
 
     def traced(self, operation: str | None = None, *, trace_id_arg: str = "trace_id"):
         """Decorator for an async function called with a ``trace_id`` keyword argument."""
+
         def decorate(fn):
             @functools.wraps(fn)
             async def wrapper(*args, **kwargs):
                 async with self.step(kwargs[trace_id_arg], operation or fn.__name__):
                     return await fn(*args, **kwargs)
+
             return wrapper
+
         return decorate
 
     async def _drain(self) -> None:
@@ -230,9 +253,14 @@ class Tracker(_Steps):
 
     async def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            options = {"acks": "all", "enable_idempotence": True, "linger_ms": 5,
-                       "max_batch_size": 256 * 1024, "max_request_size": self.max_message_bytes + 64 * 1024,
-                       **self.producer_options}
+            options = {
+                "acks": "all",
+                "enable_idempotence": True,
+                "linger_ms": 5,
+                "max_batch_size": 256 * 1024,
+                "max_request_size": self.max_message_bytes + 64 * 1024,
+                **self.producer_options,
+            }
             self._producer = await start_producer(self.bootstrap_servers, **options)
         return self._producer
 
@@ -272,8 +300,13 @@ class Tracker(_Steps):
                         self._in_flight -= 1
                         self._drop("rejected", f"{type(outcome).__name__}: {outcome}")
                 if retry:
-                    log.warning("tracker: Kafka did not take %d event(s) (%s: %s); retrying in %.1fs",
-                                len(retry), type(last_error).__name__, last_error, delay)
+                    log.warning(
+                        "tracker: Kafka did not take %d event(s) (%s: %s); retrying in %.1fs",
+                        len(retry),
+                        type(last_error).__name__,
+                        last_error,
+                        delay,
+                    )
             if retry:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
@@ -311,14 +344,19 @@ class Tracker(_Steps):
 
 
 def _outcome(step: Step, exc: BaseException | None) -> dict:
-    fields: dict[str, Any] = {"operation": step.operation,
-                              "duration_ms": round((time.monotonic() - step.started) * 1000, 3)}
+    fields: dict[str, Any] = {
+        "operation": step.operation,
+        "duration_ms": round((time.monotonic() - step.started) * 1000, 3),
+    }
     if step.body:
         fields["body"] = step.body
     if exc is not None:
         fields["message"] = f"{type(exc).__name__}: {exc}"[:8192]
-        fields["exception"] = {"type": type(exc).__name__, "message": str(exc)[:8192],
-                               "traceback": "".join(traceback.format_exception(exc))[-60_000:]}
+        fields["exception"] = {
+            "type": type(exc).__name__,
+            "message": str(exc)[:8192],
+            "traceback": "".join(traceback.format_exception(exc))[-60_000:],
+        }
     return fields
 
 
@@ -329,8 +367,9 @@ class SyncTracker(_Steps):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tracker-client", daemon=True)
         self._thread.start()
-        self._tracker = asyncio.run_coroutine_threadsafe(self._make(bootstrap_servers, service, options),
-                                                         self._loop).result()
+        self._tracker = asyncio.run_coroutine_threadsafe(
+            self._make(bootstrap_servers, service, options), self._loop
+        ).result()
 
     async def _make(self, bootstrap_servers, service, options) -> Tracker:
         return await Tracker(bootstrap_servers, service=service, **options).start()
@@ -369,7 +408,9 @@ class SyncTracker(_Steps):
             def wrapper(*args, **kwargs):
                 with self.step(kwargs[trace_id_arg], operation or fn.__name__):
                     return fn(*args, **kwargs)
+
             return wrapper
+
         return decorate
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 
 from tracker.settings import Settings
+
+# A connection of our own or one borrowed from a pool (a proxy with the same methods).
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 # Errors after which the same work may succeed if retried: the server went
 # away, restarted, or chose us as a deadlock/serialization victim.
@@ -31,14 +34,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-async def init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: Connection) -> None:
     """JSON codecs once per connection, so jsonb columns take and give Python objects.
 
     Binary format, because the consumer writes with COPY, which is binary in
     asyncpg and has no text-format fallback for custom codecs.
     """
-    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
-                              schema="pg_catalog", format="binary")
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
     await conn.set_type_codec("json", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
@@ -55,12 +59,12 @@ def _jsonb_decode(data: bytes):
 
 
 # PostgreSQL's binary timestamptz: microseconds since 2000-01-01 UTC, as a big-endian int64.
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _INT64 = struct.Struct("!q")
-_PG_INFINITY, _PG_MINUS_INFINITY = 2**63 - 1, -2**63
+_PG_INFINITY, _PG_MINUS_INFINITY = 2**63 - 1, -(2**63)
 # asyncpg's infinities: datetime.max and datetime.min, naive, with or without a zone when sent.
-_MAX, _MIN = datetime.max.replace(tzinfo=timezone.utc), datetime.min.replace(tzinfo=timezone.utc)
+_MAX, _MIN = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
 
 
 def _timestamptz_encode(value: datetime) -> bytes:
@@ -87,18 +91,23 @@ def _timestamptz_decode(data: bytes) -> datetime:
     return _PG_EPOCH + timedelta(microseconds=micros)
 
 
-async def use_fast_timestamps(conn: asyncpg.Connection) -> None:
+async def use_fast_timestamps(conn: Connection) -> None:
     """timestamptz as plain arithmetic on microseconds. asyncpg's own encoder converts every
     value with astimezone() and replace(), ~1.3 µs each in CPython 3.11, and the consumer sends
     several per event (its COPY rows, the state updates' arrays): this one is a subtraction and
     a pack, a fifth of the time. Same values both ways, infinity included (tests/test_store.py);
     arrays of timestamptz use it too. Only on the consumer's connections, which write."""
-    await conn.set_type_codec("timestamptz", encoder=_timestamptz_encode, decoder=_timestamptz_decode,
-                              schema="pg_catalog", format="binary")
+    await conn.set_type_codec(
+        "timestamptz", encoder=_timestamptz_encode, decoder=_timestamptz_decode, schema="pg_catalog", format="binary"
+    )
 
 
 async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:
     # UTC sessions: times that PostgreSQL renders itself (JSON documents) read like Python's.
-    options = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max, "init": init_connection,
-               "server_settings": {"timezone": "UTC"}}
+    options = {
+        "min_size": settings.db_pool_min,
+        "max_size": settings.db_pool_max,
+        "init": init_connection,
+        "server_settings": {"timezone": "UTC"},
+    }
     return await asyncpg.create_pool(settings.database_url, **{**options, **kwargs})

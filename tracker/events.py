@@ -12,9 +12,10 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from functools import lru_cache
-from typing import Any, Callable, NamedTuple
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
 import jsonschema
 import orjson
@@ -32,8 +33,18 @@ ERROR_STATUSES = frozenset({"error", "failed", "failure"})
 
 # Reasons are a metric label and a dead-letter header: a fixed, small set.
 REASONS = (
-    "null_value", "too_large", "not_utf8", "not_json", "not_object", "too_deep",
-    "missing_field", "wrong_type", "too_long", "invalid_value", "conflicting_fields", "nul_character",
+    "null_value",
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "too_deep",
+    "missing_field",
+    "wrong_type",
+    "too_long",
+    "invalid_value",
+    "conflicting_fields",
+    "nul_character",
 )
 
 
@@ -77,6 +88,9 @@ class Event(NamedTuple):
 EVENT_COLUMNS = tuple({"timestamp": "ts", "user": "username"}.get(name, name) for name in Event._fields)
 # The free-form and possibly large ones, which event lists read only when asked to.
 BODY_COLUMNS = ("exception", "meta", "body")
+# The tenant and origin fields a trace carries too (its first value of each, the `traces`
+# columns of the same names): what searches filter traces by.
+TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
 SUMMARY_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in BODY_COLUMNS)
 
 
@@ -99,13 +113,13 @@ def _schema_document(schema_name: str) -> dict:
     return {"$ref": f"#/components/schemas/{schema_name}", "components": spec()["components"]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(schema_name: str) -> jsonschema.Draft4Validator:
     """The reference validator: slow, but lists every violation. Used to explain a rejection."""
     return jsonschema.Draft4Validator(_schema_document(schema_name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def fast_validator(schema_name: str) -> Callable[[Any], None]:
     """The hot path: the same schema compiled to straight-line Python (tracker/schema_compiler.py,
     which says why it is not fastjsonschema). Raises schema_compiler.Invalid, without a reason."""
@@ -131,7 +145,7 @@ def _without_control_patterns(schema: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def plain_text_validator(schema_name: str) -> Callable[[Any], None]:
     """fast_validator without the control-character regexes: for a message whose bytes show that
     none of its strings can hold a control character (see _plain_text). The regexes were most
@@ -170,6 +184,8 @@ def status_api_legacy_names() -> dict[str, str]:
 
 def parse_message(value: bytes | None, *, max_bytes: int) -> Event | Invalid:
     """Kafka message value -> Event, or Invalid with a reason and a sentence."""
+    if value is None:
+        return Invalid("null_value", "the message has no value (null); an event is a JSON object")
     try:
         doc, backslash = _decode(value, max_bytes)
         fmt = detect_format(doc)
@@ -188,10 +204,8 @@ def encode_document(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _decode(value: bytes | None, max_bytes: int) -> tuple[dict, int]:
+def _decode(value: bytes, max_bytes: int) -> tuple[dict, int]:
     """The message as a dict, and where its first backslash is (-1: no escapes at all)."""
-    if value is None:
-        raise _Rejected("null_value", "the message has no value (null); an event is a JSON object")
     if len(value) > max_bytes:
         raise _Rejected("too_large", f"the message is {len(value)} bytes; the limit is {max_bytes}")
     try:
@@ -208,8 +222,11 @@ def _decode(value: bytes | None, max_bytes: int) -> tuple[dict, int]:
         raise _Rejected("not_object", f"an event must be a JSON object, got {type(doc).__name__}")
     # Counting brackets is C; only a message with many of them can be too deep. A message with
     # no nested container (one "{", no "[") is not counted at all.
-    if ((value.find(b"{", 1) >= 0 or value.find(b"[") >= 0) and value.count(b"[") + value.count(b"{") > MAX_DEPTH
-            and _depth(doc) > MAX_DEPTH):
+    if (
+        (value.find(b"{", 1) >= 0 or value.find(b"[") >= 0)
+        and value.count(b"[") + value.count(b"{") > MAX_DEPTH
+        and _depth(doc) > MAX_DEPTH
+    ):
         raise _Rejected("too_deep", f"the message nests deeper than {MAX_DEPTH} levels")
     # PostgreSQL text and jsonb cannot hold U+0000. In free-form content (bodies, messages,
     # tracebacks) it becomes U+FFFD, the replacement character, rather than costing the
@@ -228,7 +245,7 @@ def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
     """Nesting depth, iteratively, stopping once past ``limit``."""
     depth, level = 0, [value]
     while level and depth <= limit:
-        nxt = []
+        nxt: list[Any] = []
         for item in level:
             if isinstance(item, dict):
                 nxt.extend(item.values())
@@ -242,12 +259,39 @@ def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
 
 
 # Top-level fields (modern and legacy names) that identify or time an event: never rewritten.
-_IDENTIFYING = frozenset({
-    "trace_id", "request_id", "id", "event_id", "trace_event_id", "service", "status", "trace_event_status",
-    "source", "account", "org_id", "inventory_id", "system_id", "domain", "domain_id", "application",
-    "application_id", "user", "operation", "component", "handler", "timestamp", "date", "start_time",
-    "end_time", "date_started", "date_end", "trace_status", "run_status",
-})
+_IDENTIFYING = frozenset(
+    {
+        "trace_id",
+        "request_id",
+        "id",
+        "event_id",
+        "trace_event_id",
+        "service",
+        "status",
+        "trace_event_status",
+        "source",
+        "account",
+        "org_id",
+        "inventory_id",
+        "system_id",
+        "domain",
+        "domain_id",
+        "application",
+        "application_id",
+        "user",
+        "operation",
+        "component",
+        "handler",
+        "timestamp",
+        "date",
+        "start_time",
+        "end_time",
+        "date_started",
+        "date_end",
+        "trace_status",
+        "run_status",
+    }
+)
 
 
 def _replace_nul(doc: dict) -> dict:
@@ -262,8 +306,9 @@ def _replace_nul(doc: dict) -> dict:
 
     for key, item in doc.items():
         if key in _IDENTIFYING and isinstance(item, str) and "\x00" in item:
-            raise _Rejected("nul_character", f"{key}: contains the character U+0000, which no identifier or time "
-                                             "can contain")
+            raise _Rejected(
+                "nul_character", f"{key}: contains the character U+0000, which no identifier or time can contain"
+            )
     return {clean(k): (v if k in _IDENTIFYING else clean(v)) for k, v in doc.items()}
 
 
@@ -295,11 +340,14 @@ def _validate(doc: dict, schema_name: str, plain: bool = False) -> None:
     except SchemaInvalid:
         errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (list(e.path), e.validator))
         if not errors:  # the two validators disagree (a bug: tests/test_events.py checks they agree); refuse
-            raise _Rejected("invalid_value", f"not a valid {schema_name} (the fast validator refused it, "
-                                             "the reference one did not: please report)") from None
+            raise _Rejected(
+                "invalid_value",
+                f"not a valid {schema_name} (the fast validator refused it, the reference one did not: please report)",
+            ) from None
     first = errors[0]
-    reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long",
-              "maxItems": "too_long"}.get(first.validator, "invalid_value")
+    reason = {"required": "missing_field", "type": "wrong_type", "maxLength": "too_long", "maxItems": "too_long"}.get(
+        first.validator, "invalid_value"
+    )
     if first.validator == "pattern" and isinstance(first.instance, str) and "\x00" in first.instance:
         reason = "nul_character"
     if first.validator == "anyOf" and all(c.validator == "required" for c in first.context or ()):
@@ -328,8 +376,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
 
 
 # The schema of each format, by what detect_format answers.
-EVENT_SCHEMAS = {"tracker": "TrackerEvent", "payload_tracker": "PayloadTrackerMessage",
-                 "status_api": "StatusApiEvent"}
+EVENT_SCHEMAS = {"tracker": "TrackerEvent", "payload_tracker": "PayloadTrackerMessage", "status_api": "StatusApiEvent"}
 
 
 def _normalise(doc: dict, fmt: str, *, plain: bool = False) -> Event:
@@ -376,9 +423,11 @@ def _rename_legacy(doc: dict) -> dict:
         name = legacy.get(key, key)
         if name in out and out[name] != value:
             old, new = sorted((given_as[name], key))
-            raise _Rejected("conflicting_fields",
-                            f"{old!r} and {new!r} both name {name!r} (one is its legacy name) "
-                            "but have different values; send one of them")
+            raise _Rejected(
+                "conflicting_fields",
+                f"{old!r} and {new!r} both name {name!r} (one is its legacy name) "
+                "but have different values; send one of them",
+            )
         out[name] = value
         given_as[name] = key
     return out
@@ -389,8 +438,9 @@ def parse_time(value: str, field: str) -> datetime:
         # Naive times are UTC, as in both ancestors.
         return times.parse_time(value)
     except (ValueError, OverflowError):
-        raise _Rejected("invalid_value",
-                        f"{field}: {value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+        raise _Rejected(
+            "invalid_value", f"{field}: {value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)"
+        ) from None
 
 
 def _error_messages(errors: list | None) -> tuple[str, ...]:
@@ -455,46 +505,73 @@ _new_event = tuple.__new__
 def _from_tracker(doc: dict) -> Event:
     status = _LOWERED[doc["status"]]
     get = doc.get
-    return _new_event(Event, (
-        _event_id(doc, get("event_id")),                                        # event_id
-        doc["trace_id"],                                                        # trace_id
-        _LOWERED[doc["service"]],                                               # service
-        status,                                                                 # status
-        status in ERROR_STATUSES,                                               # failed
-        parse_time(doc["timestamp"], "timestamp"),                              # timestamp
-        get("trace_status", "").upper() or None,                                # trace_status
-        parse_time(doc["start_time"], "start_time") if "start_time" in doc else None,  # start_time
-        parse_time(doc["end_time"], "end_time") if "end_time" in doc else None,        # end_time
-        get("duration_ms"),                                                     # duration_ms
-        _lower(get("source")),                                                  # source
-        get("account"), get("org_id"), get("inventory_id"), get("system_id"),  # account .. system_id
-        get("domain"), get("domain_id"), get("user"), get("operation"),        # domain .. operation
-        get("path"), get("message"),                                            # path, message
-        _error_messages(get("errors")),                                         # errors
-        _exception_text(get("exception")),                                      # exception
-        _json(get("meta")), _json(get("body")),                                 # meta, body
-        "tracker",                                                              # format
-    ))
+    return _new_event(
+        Event,
+        (
+            _event_id(doc, get("event_id")),  # event_id
+            doc["trace_id"],  # trace_id
+            _LOWERED[doc["service"]],  # service
+            status,  # status
+            status in ERROR_STATUSES,  # failed
+            parse_time(doc["timestamp"], "timestamp"),  # timestamp
+            get("trace_status", "").upper() or None,  # trace_status
+            parse_time(doc["start_time"], "start_time") if "start_time" in doc else None,  # start_time
+            parse_time(doc["end_time"], "end_time") if "end_time" in doc else None,  # end_time
+            get("duration_ms"),  # duration_ms
+            _lower(get("source")),  # source
+            get("account"),
+            get("org_id"),
+            get("inventory_id"),
+            get("system_id"),  # account .. system_id
+            get("domain"),
+            get("domain_id"),
+            get("user"),
+            get("operation"),  # domain .. operation
+            get("path"),
+            get("message"),  # path, message
+            _error_messages(get("errors")),  # errors
+            _exception_text(get("exception")),  # exception
+            _json(get("meta")),
+            _json(get("body")),  # meta, body
+            "tracker",  # format
+        ),
+    )
 
 
 def _from_payload_tracker(doc: dict) -> Event:
     status = _LOWERED[doc["status"]]
     get = doc.get
-    return _new_event(Event, (
-        derive_event_id(doc),                                                   # event_id
-        doc["request_id"],                                                      # trace_id
-        _LOWERED[doc["service"]],                                               # service
-        status,                                                                 # status
-        status in ERROR_STATUSES,                                               # failed
-        parse_time(doc["date"], "date"),                                        # timestamp
-        None, None, None, None,                                                 # trace_status .. duration_ms
-        _lower(get("source")),                                                  # source
-        get("account"), get("org_id"), get("inventory_id"), get("system_id"),  # account .. system_id
-        None, None, None, None, None,                                           # domain .. path
-        get("status_msg"),                                                      # message
-        (), None, None, None,                                                   # errors .. body
-        "payload_tracker",                                                      # format
-    ))
+    return _new_event(
+        Event,
+        (
+            derive_event_id(doc),  # event_id
+            doc["request_id"],  # trace_id
+            _LOWERED[doc["service"]],  # service
+            status,  # status
+            status in ERROR_STATUSES,  # failed
+            parse_time(doc["date"], "date"),  # timestamp
+            None,
+            None,
+            None,
+            None,  # trace_status .. duration_ms
+            _lower(get("source")),  # source
+            get("account"),
+            get("org_id"),
+            get("inventory_id"),
+            get("system_id"),  # account .. system_id
+            None,
+            None,
+            None,
+            None,
+            None,  # domain .. path
+            get("status_msg"),  # message
+            (),
+            None,
+            None,
+            None,  # errors .. body
+            "payload_tracker",  # format
+        ),
+    )
 
 
 def _from_status_api(doc: dict) -> Event:
@@ -507,22 +584,35 @@ def _from_status_api(doc: dict) -> Event:
     if duration is None and start is not None and end is not None:
         duration = (end - start).total_seconds() * 1000
     status = "error" if doc["trace_event_status"].upper() == "FAILED" else "success"
-    return _new_event(Event, (
-        _event_id(doc, get("trace_event_id")),                                  # event_id
-        doc["trace_id"],                                                        # trace_id
-        _LOWERED[doc["component"]],                                             # service
-        status,                                                                 # status
-        status in ERROR_STATUSES,                                               # failed
-        # The event happened when the step ended; a step still running is dated by its start.
-        end or start,                                                           # timestamp
-        get("trace_status", "").upper() or None,                                # trace_status
-        start, end, duration,                                                   # start_time, end_time, duration_ms
-        None, None, None, None, None,                                           # source .. system_id
-        get("domain"), get("domain_id"), get("user"), get("operation"),        # domain .. operation
-        get("s3_path"),                                                         # path
-        None,                                                                   # message
-        _error_messages(get("errors")),                                         # errors
-        _exception_text(get("exception")),                                      # exception
-        _json(get("meta")), _json(get("status_body")),                          # meta, body
-        "status_api",                                                           # format
-    ))
+    return _new_event(
+        Event,
+        (
+            _event_id(doc, get("trace_event_id")),  # event_id
+            doc["trace_id"],  # trace_id
+            _LOWERED[doc["component"]],  # service
+            status,  # status
+            status in ERROR_STATUSES,  # failed
+            # The event happened when the step ended; a step still running is dated by its start.
+            end or start,  # timestamp
+            get("trace_status", "").upper() or None,  # trace_status
+            start,
+            end,
+            duration,  # start_time, end_time, duration_ms
+            None,
+            None,
+            None,
+            None,
+            None,  # source .. system_id
+            get("domain"),
+            get("domain_id"),
+            get("user"),
+            get("operation"),  # domain .. operation
+            get("s3_path"),  # path
+            None,  # message
+            _error_messages(get("errors")),  # errors
+            _exception_text(get("exception")),  # exception
+            _json(get("meta")),
+            _json(get("status_body")),  # meta, body
+            "status_api",  # format
+        ),
+    )

@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
-import asyncpg
+from tracker.db import Connection
 
 log = logging.getLogger("tracker.maintenance")
 
@@ -43,10 +43,11 @@ def partition_name(day: date) -> str:
     return f"events_{day:%Y%m%d}"
 
 
-async def existing_partitions(conn: asyncpg.Connection) -> dict[str, date]:
+async def existing_partitions(conn: Connection) -> dict[str, date]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'")
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'"
+    )
     out = {}
     for row in rows:
         match = _NAME.match(row["relname"])
@@ -55,10 +56,10 @@ async def existing_partitions(conn: asyncpg.Connection) -> dict[str, date]:
     return out
 
 
-async def create_partition(conn: asyncpg.Connection, day: date) -> None:
+async def create_partition(conn: Connection, day: date) -> None:
     """Create one day's partition, moving any rows of that day out of events_default first."""
     name = partition_name(day)
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     async with conn.transaction():
         # Writers keep inserting late events meanwhile: one that reached events_default after the
@@ -70,20 +71,26 @@ async def create_partition(conn: asyncpg.Connection, day: date) -> None:
         await conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         moved = await conn.execute(
             f"WITH moved AS (DELETE FROM events_default WHERE ts >= $1 AND ts < $2 RETURNING *) "
-            f"INSERT INTO {name} SELECT * FROM moved", start, end)
-        await conn.execute(f"ALTER TABLE events ATTACH PARTITION {name} "
-                           f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+            f"INSERT INTO {name} SELECT * FROM moved",
+            start,
+            end,
+        )
+        await conn.execute(
+            f"ALTER TABLE events ATTACH PARTITION {name} "
+            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+        )
     if moved != "INSERT 0 0":
         log.info("created partition %s (%s rows moved from events_default)", name, moved.split()[-1])
 
 
-async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days_ahead: int = 3,
-                          today: date | None = None, wait: bool = False) -> MaintenanceResult:
+async def run_maintenance(
+    conn: Connection, *, retention_days: int, days_ahead: int = 3, today: date | None = None, wait: bool = False
+) -> MaintenanceResult:
     """Partitions for the retention window and a few days ahead, then retention. One process
     at a time (an advisory lock): the others skip the round, or with ``wait`` (a consumer
     starting, which must not write before the partitions exist) wait for it to end and then
     find the work done."""
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     if wait:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
@@ -101,9 +108,11 @@ async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days
             day += timedelta(days=1)
         # Late events older than the pre-created days (events_default holds only such rows).
         for row in await conn.fetch(
-                "SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day FROM events_default "
-                "WHERE ts >= $1 AND ts < $2 ORDER BY 1",
-                _midnight(oldest_kept), _midnight(last + timedelta(days=1))):
+            "SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day FROM events_default "
+            "WHERE ts >= $1 AND ts < $2 ORDER BY 1",
+            _midnight(oldest_kept),
+            _midnight(last + timedelta(days=1)),
+        ):
             if partition_name(row["day"]) not in existing and partition_name(row["day"]) not in created:
                 await create_partition(conn, row["day"])
                 created.append(partition_name(row["day"]))
@@ -122,17 +131,19 @@ async def run_maintenance(conn: asyncpg.Connection, *, retention_days: int, days
 
 
 def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-async def _expire_rows(conn: asyncpg.Connection, cutoff: datetime) -> int:
+async def _expire_rows(conn: Connection, cutoff: datetime) -> int:
     """Rows older than the cutoff outside the dropped partitions: default partition, state, rollups."""
     async with conn.transaction():
         await conn.execute("DELETE FROM events_default WHERE ts < $1", cutoff)
         deleted = await conn.fetchval(
             "WITH gone AS (DELETE FROM traces WHERE active_hour <= $1 AND last_at < $1 RETURNING trace_id), "
             "services AS (DELETE FROM trace_services WHERE trace_id IN (SELECT trace_id FROM gone)) "
-            "SELECT count(*) FROM gone", cutoff)
+            "SELECT count(*) FROM gone",
+            cutoff,
+        )
         # An hour's row holds its minutes too (migration 007); the cutoff is a midnight.
         await conn.execute("DELETE FROM rollup_counts_hour WHERE bucket < $1", cutoff)
         await conn.execute("DELETE FROM rollup_elapsed WHERE bucket < $1", cutoff)

@@ -38,15 +38,15 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())")
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for version, path in migration_files(directory):
             if version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(path.read_text(encoding="utf-8"))
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                                   version, path.name)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name)
             log.info("applied migration %s", path.name)
             applied_now.append(path.name)
     finally:

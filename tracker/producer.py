@@ -33,7 +33,10 @@ class EventPublisher:
     recovers, without Kafka."""
 
     def __init__(self, settings: Settings) -> None:
+        if not settings.kafka_bootstrap_servers:
+            raise ValueError("EventPublisher needs KAFKA_BOOTSTRAP_SERVERS")
         self.settings = settings
+        self.bootstrap_servers: str = settings.kafka_bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -41,8 +44,12 @@ class EventPublisher:
         async with self._lock:
             if self._producer is None:
                 self._producer = await start_producer(
-                    self.settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
-                    request_timeout_ms=10000, max_request_size=self.settings.max_message_bytes + 64 * 1024)
+                    self.bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,
+                    request_timeout_ms=10000,
+                    max_request_size=self.settings.max_message_bytes + 64 * 1024,
+                )
             return self._producer
 
     async def send(self, value: bytes, *, key: str) -> None:

@@ -18,19 +18,46 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # What a compiled schema may contain. "format" is accepted and not checked: parse_time checks
 # times itself (and takes the ancestors' looser forms), as the fastjsonschema path did.
-_KNOWN = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "maxItems", "minLength", "maxLength",
-    "pattern", "enum", "minimum", "anyOf", "oneOf", "allOf", "$ref", "format",
-    # Annotations: no effect on validity.
-    "description", "example", "examples", "title", "x-legacy-names", "default",
-})
+_KNOWN = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "enum",
+        "minimum",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "format",
+        # Annotations: no effect on validity.
+        "description",
+        "example",
+        "examples",
+        "title",
+        "x-legacy-names",
+        "default",
+    }
+)
 # Exact types: bool is not a number, as in JSON ("integer" is left out: drafts disagree on 1.0).
-_TYPES = {"string": "type({v}) is str", "object": "type({v}) is dict", "array": "type({v}) is list",
-          "boolean": "type({v}) is bool", "number": "(type({v}) is int or type({v}) is float)"}
+_TYPES = {
+    "string": "type({v}) is str",
+    "object": "type({v}) is dict",
+    "array": "type({v}) is list",
+    "boolean": "type({v}) is bool",
+    "number": "(type({v}) is int or type({v}) is float)",
+}
 
 
 class SchemaNotSupported(ValueError):
@@ -62,7 +89,7 @@ class _Compiler:
         lines.append("    return None")
         source = "\n".join(self.helpers + lines)
         namespace = dict(self.constants)
-        exec(compile(source, "<event schema>", "exec"), namespace)  # noqa: S102 - our own generated code
+        exec(compile(source, "<event schema>", "exec"), namespace)  # our own generated code
         validate = namespace["validate"]
         validate.source = source  # for a person debugging it
         return validate
@@ -78,7 +105,7 @@ class _Compiler:
             prefix = "#/components/schemas/"
             if not ref.startswith(prefix) or set(schema) - {"$ref", "description"}:
                 raise SchemaNotSupported(f"reference {ref!r} (only a lone #/components/schemas/... is compiled)")
-            schema = self.components["schemas"][ref[len(prefix):]]
+            schema = self.components["schemas"][ref[len(prefix) :]]
         return schema
 
     def predicate(self, schema: dict) -> str:
@@ -170,8 +197,11 @@ class _Compiler:
                 self.emit(extra, value, sub_lines, len(inner) // 4 + 1)
                 if sub_lines:
                     allowed = self.constant(frozenset(properties))
-                    body += [f"{inner}for {key}, {value} in {v}.items():", f"{inner}    if {key} in {allowed}:",
-                             f"{inner}        continue"] + sub_lines
+                    body += [
+                        f"{inner}for {key}, {value} in {v}.items():",
+                        f"{inner}    if {key} in {allowed}:",
+                        f"{inner}        continue",
+                    ] + sub_lines
             elif extra is not True:
                 raise SchemaNotSupported("additionalProperties")
             if kind != "object" and body:

@@ -52,6 +52,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "cache_home": ("XDG_CACHE_HOME", None),
 }
 
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -62,8 +63,7 @@ def _parse(kind: str, var: str, raw: str | None) -> Any:
         try:
             return int(raw) if kind == "int" else float(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise SettingsError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
-                                f"got {raw!r}") from None
+            raise SettingsError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from None
     if kind == "bool":
         if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"{var} must be true or false, got {raw!r}")
@@ -108,20 +108,23 @@ class Settings:
     cache_home: str | None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # strings: see _parse
         for field, (var, default) in ENVIRONMENT.items():
             raw = environ.get(var) or default
             values[field] = _parse(types[field], var, raw)
         values.update(overrides)
         return cls(**values)
 
-    def require_services(self) -> "Settings":
+    def require_services(self) -> Settings:
         """Fail early, naming the variable, when a process needs both services."""
-        missing = [var for field, (var, _) in ENVIRONMENT.items()
-                   if field in ("kafka_bootstrap_servers", "database_url") and not getattr(self, field)]
+        missing = [
+            var
+            for field, (var, _) in ENVIRONMENT.items()
+            if field in ("kafka_bootstrap_servers", "database_url") and not getattr(self, field)
+        ]
         if missing:
             raise SettingsError(f"{' and '.join(missing)} must be set (or use bin/run, which starts local ones)")
         return self

@@ -19,4 +19,4 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 @lru_cache(maxsize=1)
 def spec() -> dict:
     with open(SPEC_PATH, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_LOADER)  # noqa: S506 - a safe loader (SafeLoader or its C twin)
+        return yaml.load(fh, Loader=_LOADER)  # a safe loader (SafeLoader or its C twin)

@@ -4,7 +4,7 @@ ISO 8601 forms the ancestors' producers send (a space for the T, no zone = UTC).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _LEAP_SECOND = re.compile(r"([T ]\d{2}:\d{2}):60")
 
@@ -33,6 +33,6 @@ def parse_time(value: str) -> datetime:
 def _utc(parsed: datetime) -> datetime:
     """In UTC: rollup buckets are whole UTC minutes and hours, whatever offset a producer used
     (an hour taken in +05:30 would start at half past in UTC)."""
-    if parsed.tzinfo is timezone.utc:
+    if parsed.tzinfo is UTC:
         return parsed
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)

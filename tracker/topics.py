@@ -15,8 +15,14 @@ def record_limit(max_message_bytes: int) -> int:
     return max_message_bytes + _FRAMING_BYTES
 
 
-async def ensure_topics(bootstrap_servers: str, names: list[str], partitions: int,
-                        replication_factor: int = 1, *, max_message_bytes: int | None = None) -> list[str]:
+async def ensure_topics(
+    bootstrap_servers: str,
+    names: list[str],
+    partitions: int,
+    replication_factor: int = 1,
+    *,
+    max_message_bytes: int | None = None,
+) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
     With ``max_message_bytes``, each topic created takes records up to ``record_limit`` of it
@@ -30,7 +36,9 @@ async def ensure_topics(bootstrap_servers: str, names: list[str], partitions: in
         missing = [n for n in names if n not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(n, partitions, replication_factor, topic_configs=configs) for n in missing])
+                await admin.create_topics(
+                    [NewTopic(n, partitions, replication_factor, topic_configs=configs) for n in missing]
+                )
             except TopicAlreadyExistsError:
                 pass  # created by someone else meanwhile: that is what we wanted
         return missing

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+from tracker.events import Event, parse_message
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def payload_tracker(request_id: str, service: str, status: str, at: datetime, **extra) -> dict:
@@ -15,9 +17,15 @@ def payload_tracker(request_id: str, service: str, status: str, at: datetime, **
 
 
 def status_api(trace_id: str, component: str, ok: bool, at: datetime, **extra) -> dict:
-    return {"trace_id": trace_id, "trace_event_id": str(uuid.uuid4()), "component": component,
-            "trace_event_status": "OK" if ok else "FAILED", "start_time": (at - timedelta(seconds=1)).isoformat(),
-            "end_time": at.isoformat(), **extra}
+    return {
+        "trace_id": trace_id,
+        "trace_event_id": str(uuid.uuid4()),
+        "component": component,
+        "trace_event_status": "OK" if ok else "FAILED",
+        "start_time": (at - timedelta(seconds=1)).isoformat(),
+        "end_time": at.isoformat(),
+        **extra,
+    }
 
 
 def tracker_event(trace_id: str, service: str, status: str, at: datetime, **extra) -> dict:
@@ -28,8 +36,9 @@ def encode(doc) -> bytes:
     return json.dumps(doc).encode()
 
 
-def pipeline_trace(trace_id: str, rng: random.Random, services: int = 4, fail: bool = False,
-                   finish: bool = True) -> list[dict]:
+def pipeline_trace(
+    trace_id: str, rng: random.Random, services: int = 4, fail: bool = False, finish: bool = True
+) -> list[dict]:
     """A realistic trace: each service receives then succeeds; optionally one fails; optionally finished."""
     at = BASE + timedelta(seconds=rng.randrange(0, 86400))
     docs = []
@@ -44,8 +53,7 @@ def pipeline_trace(trace_id: str, rng: random.Random, services: int = 4, fail: b
         docs.append(payload_tracker(trace_id, name, "success", at))
         at += timedelta(milliseconds=rng.randrange(1, 500))
     if finish:
-        docs.append(tracker_event(trace_id, "pipeline", "error" if fail else "success", at,
-                                  trace_status="FINISHED"))
+        docs.append(tracker_event(trace_id, "pipeline", "error" if fail else "success", at, trace_status="FINISHED"))
     return docs
 
 
@@ -58,5 +66,17 @@ def with_status_step(docs: list[dict], rng: random.Random) -> list[dict]:
     # A deterministic id (examples that share a database and a seed make the same event),
     # unique per trace (event ids are global: another trace's equal id is a duplicate).
     event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{first['request_id']}/{rng.getrandbits(64)}")
-    return docs + [status_api(first["request_id"], first["service"], rng.random() < 0.8, at,
-                              trace_event_id=str(event_id))]
+    return docs + [
+        status_api(first["request_id"], first["service"], rng.random() < 0.8, at, trace_event_id=str(event_id))
+    ]
+
+
+def event_of(value: bytes) -> Event:
+    """A message that must be valid, as its Event (the test fails, saying why, if it is not)."""
+    parsed = parse_message(value, max_bytes=1 << 20)
+    assert isinstance(parsed, Event), parsed
+    return parsed
+
+
+def events_of(docs) -> list[Event]:
+    return [event_of(encode(doc)) for doc in docs]

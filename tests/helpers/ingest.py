@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -19,21 +20,28 @@ def workload(traces: int, seed: int, prefix: str) -> list[tuple[bytes, bytes]]:
     messages = []
     for i in range(traces):
         trace_id = f"{prefix}-{i}"
-        for doc in pipeline_trace(trace_id, rng, services=rng.randrange(2, 6), fail=rng.random() < 0.2,
-                                  finish=rng.random() < 0.7):
+        for doc in pipeline_trace(
+            trace_id, rng, services=rng.randrange(2, 6), fail=rng.random() < 0.2, finish=rng.random() < 0.7
+        ):
             messages.append((trace_id.encode(), encode(doc)))
     return messages
 
 
-def valid_events(messages: list[tuple[bytes | None, bytes | None]]) -> list[Event]:
+def valid_events(messages: Sequence[tuple[bytes | None, bytes | None]]) -> list[Event]:
     parsed = [parse_message(value, max_bytes=1 << 20) for _, value in messages]
     return [p for p in parsed if isinstance(p, Event)]
 
 
 async def produce(bootstrap: str, topic: str, messages, rate: float | None = None) -> None:
     """Produce every message (acks=all); at ``rate`` messages/s when given."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=256 * 1024, max_request_size=4 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=4 << 20,
+    )
     await producer.start()
     try:
         started = time.monotonic()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 
 async def read_all(kafka_bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
-    records = []
+    records: list[ConsumerRecord] = []
     try:
         deadline = time.monotonic() + timeout
         while len(records) < expected and time.monotonic() < deadline:
@@ -42,8 +43,9 @@ async def wait_all_committed(kafka_bootstrap: str, topic: str, group: str, timeo
             ends = await reader.end_offsets(partitions)
             committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
             # An offset of -1: nothing committed yet (an empty partition stays so).
-            behind = {tp.partition: ends[tp] - max(committed[tp].offset if tp in committed else 0, 0)
-                      for tp in partitions}
+            behind = {
+                tp.partition: ends[tp] - max(committed[tp].offset if tp in committed else 0, 0) for tp in partitions
+            }
             if not any(n > 0 for n in behind.values()):
                 return
             if time.monotonic() > deadline:

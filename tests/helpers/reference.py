@@ -66,13 +66,15 @@ def expected_state(events: list[Event]) -> tuple[dict, dict]:
 async def stored_state(conn) -> tuple[dict, dict]:
     """The same two dicts, read from the database."""
     traces = {
-        r["trace_id"]: {k: r[k] for k in ("first_at", "last_at", "event_count", "error_count", "done",
-                                          "finish_at", "status")}
+        r["trace_id"]: {
+            k: r[k] for k in ("first_at", "last_at", "event_count", "error_count", "done", "finish_at", "status")
+        }
         for r in await conn.fetch("SELECT * FROM traces")
     }
     services = {
-        (r["trace_id"], r["service"]): {k: r[k] for k in ("first_at", "last_at", "event_count", "latest_status",
-                                                         "latest_failed")}
+        (r["trace_id"], r["service"]): {
+            k: r[k] for k in ("first_at", "last_at", "event_count", "latest_status", "latest_failed")
+        }
         for r in await conn.fetch("SELECT * FROM trace_services")
     }
     return traces, services
@@ -102,29 +104,49 @@ def expected_rollups(events: list[Event]) -> tuple[dict, dict]:
         by_trace[e.trace_id].append(e)
     for (_, service), evs in by_service.items():
         start = min(_start(e) for e in evs)
-        outcomes = sorted((e for e in evs if e.status == "success" or e.failed), key=lambda e: (e.timestamp, e.event_id))
+        outcomes = sorted(
+            (e for e in evs if e.status == "success" or e.failed), key=lambda e: (e.timestamp, e.event_id)
+        )
         if outcomes:
             first = outcomes[0]
-            elapsed[(_hour(first.timestamp), "service", service, first.failed,
-                     elapsed_bin((first.timestamp - start).total_seconds()))] += 1
+            elapsed[
+                (
+                    _hour(first.timestamp),
+                    "service",
+                    service,
+                    first.failed,
+                    elapsed_bin((first.timestamp - start).total_seconds()),
+                )
+            ] += 1
     for evs in by_trace.values():
         finished = [e for e in evs if e.trace_status == "FINISHED"]
         if finished:
             finish = _latest(finished)
             first_at = min(_start(e) for e in evs)
-            elapsed[(_hour(finish.timestamp), "trace", "", finish.failed,
-                     elapsed_bin((finish.timestamp - first_at).total_seconds()))] += 1
+            elapsed[
+                (
+                    _hour(finish.timestamp),
+                    "trace",
+                    "",
+                    finish.failed,
+                    elapsed_bin((finish.timestamp - first_at).total_seconds()),
+                )
+            ] += 1
     return dict(counts), dict(elapsed)
 
 
 async def stored_rollups(conn) -> tuple[dict, dict]:
-    counts = {(r["bucket"], r["service"], r["status"]): r["events"]
-              for r in await conn.fetch("SELECT * FROM rollup_counts WHERE events <> 0")}
+    counts = {
+        (r["bucket"], r["service"], r["status"]): r["events"]
+        for r in await conn.fetch("SELECT * FROM rollup_counts WHERE events <> 0")
+    }
     hourly = await conn.fetch("SELECT * FROM rollup_counts_hour")
     from_minutes: dict = defaultdict(int)
     for (bucket, service, status), n in counts.items():
         from_minutes[(bucket.replace(minute=0), service, status)] += n
     assert {(r["bucket"], r["service"], r["status"]): r["events"] for r in hourly} == dict(from_minutes)
-    elapsed = {(r["bucket"], r["kind"], r["service"], r["failed"], r["bin"]): r["n"]
-               for r in await conn.fetch("SELECT * FROM rollup_elapsed WHERE n <> 0")}
+    elapsed = {
+        (r["bucket"], r["kind"], r["service"], r["failed"], r["bin"]): r["n"]
+        for r in await conn.fetch("SELECT * FROM rollup_elapsed WHERE n <> 0")
+    }
     return counts, elapsed

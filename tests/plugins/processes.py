@@ -27,7 +27,7 @@ class Process:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         return self
@@ -45,7 +45,7 @@ class Process:
 
     def kill(self) -> None:
         """SIGKILL: the crash path."""
-        if self.alive:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
@@ -57,12 +57,13 @@ class Process:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while time.monotonic() < deadline:
                 if not self.alive:
-                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+                    code = self.proc.returncode if self.proc is not None else "nothing (never started)"
+                    raise AssertionError(f"{self.name} exited with {code}:\n{self.log()[-4000:]}")
                 try:
                     async with session.get(url) as response:
                         if response.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     pass
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{self.name} did not answer {url} within {timeout}s:\n{self.log()[-4000:]}")
@@ -74,16 +75,18 @@ class Launcher:
         self.started: list[Process] = []
 
     async def consumer(self, settings: Settings, name: str = "consumer", wait: bool = True) -> Process:
-        proc = Process(name, [sys.executable, "-m", "consumer"], settings.child_environ(),
-                       self.tmp_path / f"{name}.log").start()
+        proc = Process(
+            name, [sys.executable, "-m", "consumer"], settings.child_environ(), self.tmp_path / f"{name}.log"
+        ).start()
         self.started.append(proc)
         if wait:
             await proc.wait_http(f"http://{settings.consumer_host}:{settings.consumer_port}/healthz")
         return proc
 
     async def api(self, settings: Settings, name: str = "api") -> Process:
-        proc = Process(name, [sys.executable, "-m", "tracker.api"], settings.child_environ(),
-                       self.tmp_path / f"{name}.log").start()
+        proc = Process(
+            name, [sys.executable, "-m", "tracker.api"], settings.child_environ(), self.tmp_path / f"{name}.log"
+        ).start()
         self.started.append(proc)
         await proc.wait_http(f"{settings.api_url}/healthz")
         return proc

@@ -24,16 +24,22 @@ async def prometheus(tmp_path, settings):
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
-            {"job_name": "tracker-consumer",
-             "static_configs": [{"targets": [f"127.0.0.1:{settings.consumer_port}"]}]},
+            {"job_name": "tracker-consumer", "static_configs": [{"targets": [f"127.0.0.1:{settings.consumer_port}"]}]},
             {"job_name": "tracker-api", "static_configs": [{"targets": [f"127.0.0.1:{settings.api_port}"]}]},
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(30)

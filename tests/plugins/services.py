@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import tempfile
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ TEST_RETENTION_DAYS = 3650
 
 
 @pytest.fixture(scope="session")
-def template_database(postgres_admin_url) -> str:
+def template_database(postgres_admin_url) -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""
     name = f"tracker_template_{uuid.uuid4().hex[:8]}"
 
@@ -94,7 +95,7 @@ def template_database(postgres_admin_url) -> str:
 
 
 @pytest.fixture
-async def database_url(postgres_admin_url, template_database) -> str:
+async def database_url(postgres_admin_url, template_database) -> AsyncIterator[str]:
     """A fresh, migrated database for this test alone."""
     name = f"tracker_test_{uuid.uuid4().hex[:12]}"
     yield await create_database(postgres_admin_url, name, template=template_database)

@@ -23,8 +23,16 @@ def main() -> int:
     setup_logging(settings.log_level)
     logging.getLogger("tracker.api").info("starting with %s", settings.masked())
     app = create_app(settings, validate_responses=settings.api_validate_responses)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
-                access_log=False, lifespan="on", server_header=False, date_header=False)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+    )
     return 0
 
 

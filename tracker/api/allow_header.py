@@ -14,8 +14,10 @@ class AllowHeaderMiddleware:
     def __init__(self, app, spec_paths: dict) -> None:
         self.app = app
         self.paths = [
-            (re.compile("^" + re.sub(r"\\{[^/}]+\\}", "[^/]+", template) + "$"),
-             ", ".join(sorted(m.upper() for m in methods if m in {"get", "post", "put", "patch", "delete"})))
+            (
+                re.compile("^" + re.sub(r"\\{[^/}]+\\}", "[^/]+", template) + "$"),
+                ", ".join(sorted(m.upper() for m in methods if m in {"get", "post", "put", "patch", "delete"})),
+            )
             for template, methods in spec_paths.items()
         ]
 

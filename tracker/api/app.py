@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import connexion
 import orjson
@@ -20,9 +19,9 @@ from tracker.api.allow_header import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.db import TRANSIENT_ERRORS, create_pool
-from tracker.spec import spec
 from tracker.producer import EventPublisher
 from tracker.settings import Settings
+from tracker.spec import spec
 
 log = logging.getLogger("tracker.api")
 
@@ -62,14 +61,24 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
     # Likewise response validation, when it is off (it is on in tests).
     skipped = {SecurityMiddleware} | (set() if validate_responses else {ResponseValidationMiddleware})
     middlewares = [m for m in ConnexionMiddleware.default_middlewares if m not in skipped]
-    app = connexion.AsyncApp(__name__, specification_dir=str(SPEC_DIR), lifespan=lifespan,
-                             jsonifier=Jsonifier(OrjsonModule), middlewares=middlewares)
-    app.add_api("openapi.yaml", validate_responses=validate_responses, strict_validation=True,
-                validator_map={"parameter": ParameterValidator,
-                               "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": BodyValidator})})
+    app = connexion.AsyncApp(
+        __name__,
+        specification_dir=str(SPEC_DIR),
+        lifespan=lifespan,
+        jsonifier=Jsonifier(OrjsonModule),
+        middlewares=middlewares,
+    )
+    app.add_api(
+        "openapi.yaml",
+        validate_responses=validate_responses,
+        strict_validation=True,
+        validator_map={
+            "parameter": ParameterValidator,
+            "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": BodyValidator}),
+        },
+    )
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
-    app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       spec_paths=spec()["paths"])
+    app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec_paths=spec()["paths"])
     for exc_type in TRANSIENT_ERRORS:
         app.add_error_handler(exc_type, database_unavailable)
     app.add_error_handler(UnicodeDecodeError, body_not_utf8)

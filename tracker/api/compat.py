@@ -22,37 +22,83 @@ def _ranges(prefix: str, values: dict) -> dict:
 
 
 def _status_out(row) -> dict:
-    return {"request_id": row["trace_id"], "service": row["service"], "source": row["source"],
-            "status": row["status"], "status_msg": row["message"], "date": iso(row["ts"]),
-            "created_at": iso(row["received_at"]), "account": row["account"], "org_id": row["org_id"],
-            "inventory_id": row["inventory_id"], "system_id": row["system_id"]}
+    return {
+        "request_id": row["trace_id"],
+        "service": row["service"],
+        "source": row["source"],
+        "status": row["status"],
+        "status_msg": row["message"],
+        "date": iso(row["ts"]),
+        "created_at": iso(row["received_at"]),
+        "account": row["account"],
+        "org_id": row["org_id"],
+        "inventory_id": row["inventory_id"],
+        "system_id": row["system_id"],
+    }
 
 
-async def payloads(page=0, page_size=10, sort_by="created_at", sort_dir="desc", account=None, org_id=None,
-                   inventory_id=None, system_id=None, **ranges):
+async def payloads(
+    page=0,
+    page_size=10,
+    sort_by="created_at",
+    sort_dir="desc",
+    account=None,
+    org_id=None,
+    inventory_id=None,
+    system_id=None,
+    **ranges,
+):
     started = time.perf_counter()
     async with request.state.pool.acquire() as conn:
         count, rows = await q.payloads(
-            conn, filters={"account": account, "org_id": org_id, "inventory_id": inventory_id,
-                           "system_id": system_id},
-            created=_ranges("created_at", ranges), sort_by=sort_by, sort_dir=sort_dir, page=page,
-            page_size=page_size)
-    data = [{"request_id": r["trace_id"], "account": r["account"], "org_id": r["org_id"],
-             "inventory_id": r["inventory_id"], "system_id": r["system_id"], "created_at": iso(r["created_at"])}
-            for r in rows]
+            conn,
+            filters={"account": account, "org_id": org_id, "inventory_id": inventory_id, "system_id": system_id},
+            created=_ranges("created_at", ranges),
+            sort_by=sort_by,
+            sort_dir=sort_dir,
+            page=page,
+            page_size=page_size,
+        )
+    data = [
+        {
+            "request_id": r["trace_id"],
+            "account": r["account"],
+            "org_id": r["org_id"],
+            "inventory_id": r["inventory_id"],
+            "system_id": r["system_id"],
+            "created_at": iso(r["created_at"]),
+        }
+        for r in rows
+    ]
     return ok({"count": count, "elapsed": round(time.perf_counter() - started, 6), "data": data})
 
 
-async def statuses(page=0, page_size=10, sort_by="date", sort_dir="desc", service=None, source=None, status=None,
-                   status_msg=None, **ranges):
+async def statuses(
+    page=0,
+    page_size=10,
+    sort_by="date",
+    sort_dir="desc",
+    service=None,
+    source=None,
+    status=None,
+    status_msg=None,
+    **ranges,
+):
     started = time.perf_counter()
     async with request.state.pool.acquire() as conn:
         count, rows = await q.statuses(
-            conn, filters={"service": service, "source": source, "status": status, "status_msg": status_msg},
-            dates=_ranges("date", ranges), created=_ranges("created_at", ranges), sort_by=sort_by,
-            sort_dir=sort_dir, page=page, page_size=page_size)
-    return ok({"count": count, "elapsed": round(time.perf_counter() - started, 6),
-               "data": [_status_out(r) for r in rows]})
+            conn,
+            filters={"service": service, "source": source, "status": status, "status_msg": status_msg},
+            dates=_ranges("date", ranges),
+            created=_ranges("created_at", ranges),
+            sort_by=sort_by,
+            sort_dir=sort_dir,
+            page=page,
+            page_size=page_size,
+        )
+    return ok(
+        {"count": count, "elapsed": round(time.perf_counter() - started, 6), "data": [_status_out(r) for r in rows]}
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -91,14 +137,30 @@ async def status_api_trace(trace_id: str):
         rows = await q.status_api_events(conn, trace_id)
     if not rows:
         raise not_found(f"No event has been seen for trace {trace_id!r}.")
-    return ok([{
-        "trace_id": r["trace_id"], "trace_event_id": r["event_id"], "domain": r["domain"],
-        "domain_id": r["domain_id"], "start_time": iso(r["start_time"]), "end_time": iso(r["end_time"]),
-        "trace_status": r["trace_status"], "trace_event_status": "FAILED" if r["failed"] else "OK",
-        "user": r["username"], "component": r["service"], "operation": r["operation"], "status_body": r["body"],
-        "meta": r["meta"], "s3_path": r["path"], "duration": r["duration_ms"], "exception": r["exception"],
-        "errors": [{"message": m} for m in r["errors"]],
-    } for r in rows])
+    return ok(
+        [
+            {
+                "trace_id": r["trace_id"],
+                "trace_event_id": r["event_id"],
+                "domain": r["domain"],
+                "domain_id": r["domain_id"],
+                "start_time": iso(r["start_time"]),
+                "end_time": iso(r["end_time"]),
+                "trace_status": r["trace_status"],
+                "trace_event_status": "FAILED" if r["failed"] else "OK",
+                "user": r["username"],
+                "component": r["service"],
+                "operation": r["operation"],
+                "status_body": r["body"],
+                "meta": r["meta"],
+                "s3_path": r["path"],
+                "duration": r["duration_ms"],
+                "exception": r["exception"],
+                "errors": [{"message": m} for m in r["errors"]],
+            }
+            for r in rows
+        ]
+    )
 
 
 # The spec's pattern for this parameter, here too (it is also served without validation).
@@ -114,8 +176,10 @@ def decode_path(encoded: str) -> str | None:
         urlsafe = encoded.rstrip("=").translate(str.maketrans("+/", "-_"))
         raw = base64.urlsafe_b64decode(urlsafe + "=" * (-len(urlsafe) % 4))
     except (binascii.Error, ValueError):
-        raise bad_request("path must be the object path encoded in base64 (standard or URL-safe alphabet), "
-                          "e.g. czM6Ly9idWNrZXQva2V5 for s3://bucket/key") from None
+        raise bad_request(
+            "path must be the object path encoded in base64 (standard or URL-safe alphabet), "
+            "e.g. czM6Ly9idWNrZXQva2V5 for s3://bucket/key"
+        ) from None
     try:
         path = raw.decode("utf-8")
     except UnicodeError:
@@ -126,13 +190,14 @@ def decode_path(encoded: str) -> str | None:
 async def status_api_from_path(path: str):
     decoded = decode_path(path)
     if decoded is None:
-        raise not_found("No event carried that path: it decodes to bytes no path can hold "
-                        "(not UTF-8, or U+0000).")
+        raise not_found("No event carried that path: it decodes to bytes no path can hold (not UTF-8, or U+0000).")
     async with request.state.pool.acquire() as conn:
         rows = await lookup_path(conn, decoded)
     if not rows:
         raise not_found(f"No event carried the path {decoded!r}.")
     if len(rows) > 1:
-        raise not_found(f"{len(rows)} traces carried the path {decoded!r}, so it names none of them; "
-                        "GET /v1/lookup?path=... lists them all.")
+        raise not_found(
+            f"{len(rows)} traces carried the path {decoded!r}, so it names none of them; "
+            "GET /v1/lookup?path=... lists them all."
+        )
     return ok({"trace_id": rows[0]["trace_id"]})

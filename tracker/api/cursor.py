@@ -37,5 +37,7 @@ def decode_numbered(cursor: str) -> tuple[datetime, int]:
     return ts, int(key)
 
 
-_NOT_OURS = ("cursor is not one this API returned; pass next_cursor from the previous page unchanged, "
-             "or leave it out to start at the first page")
+_NOT_OURS = (
+    "cursor is not one this API returned; pass next_cursor from the previous page unchanged, "
+    "or leave it out to start at the first page"
+)

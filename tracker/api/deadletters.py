@@ -20,10 +20,16 @@ def dead_letter_out(row) -> dict:
     head = _text(row["head"])
     excerpt = None if head is None else head[:EXCERPT_CHARS]
     return {
-        "topic": row["topic"], "partition": row["partition"], "offset": row["offset"],
-        "message_at": iso(row["message_at"]), "received_at": iso(row["received_at"]),
-        "reason": row["reason"], "detail": row["detail"], "key": _text(row["key"]),
-        "excerpt": excerpt, "size": row["size"],
+        "topic": row["topic"],
+        "partition": row["partition"],
+        "offset": row["offset"],
+        "message_at": iso(row["message_at"]),
+        "received_at": iso(row["received_at"]),
+        "reason": row["reason"],
+        "detail": row["detail"],
+        "key": _text(row["key"]),
+        "excerpt": excerpt,
+        "size": row["size"],
         "excerpt_truncated": excerpt is not None and len(excerpt.encode()) < (row["size"] or 0),
         "published": row["published"],
     }
@@ -33,6 +39,5 @@ async def list_dead_letters(reason=None, since=None, until=None, lookback=None, 
     start, end = params.window(since, until, lookback)
     position = after(cursor, numbered=True)
     async with request.state.pool.acquire() as conn:
-        rows = await q.list_dead_letters(conn, reason=reason, since=start, until=end, after=position,
-                                         limit=limit + 1)
+        rows = await q.list_dead_letters(conn, reason=reason, since=start, until=end, after=position, limit=limit + 1)
     return page(rows, limit, lambda r: (r["received_at"], r["id"]), dead_letter_out)

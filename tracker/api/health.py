@@ -19,11 +19,13 @@ async def readyz():
         async with request.state.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
     except Exception as exc:  # any failure means "not ready"; the detail says why
-        raise ProblemException(status=503, title="Service Unavailable",
-                               detail=f"The database does not answer: {type(exc).__name__}: {exc}") from None
+        raise ProblemException(
+            status=503, title="Service Unavailable", detail=f"The database does not answer: {type(exc).__name__}: {exc}"
+        ) from None
     return ok({"status": "ok"})
 
 
 async def metrics():
-    return ConnexionResponse(status_code=200, content_type=CONTENT_TYPE_LATEST,
-                             body=generate_latest(request.state.metrics.registry))
+    return ConnexionResponse(
+        status_code=200, content_type=CONTENT_TYPE_LATEST, body=generate_latest(request.state.metrics.registry)
+    )

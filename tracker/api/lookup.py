@@ -12,5 +12,16 @@ from tracker.queries import search
 async def lookup_path(path: str):
     async with request.state.pool.acquire() as conn:
         rows = await search.lookup_path(conn, path)
-    return ok({"data": [{"trace_id": r["trace_id"], "event_id": r["event_id"], "service": r["service"],
-                         "timestamp": iso(r["ts"])} for r in rows]})
+    return ok(
+        {
+            "data": [
+                {
+                    "trace_id": r["trace_id"],
+                    "event_id": r["event_id"],
+                    "service": r["service"],
+                    "timestamp": iso(r["ts"]),
+                }
+                for r in rows
+            ]
+        }
+    )

@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Histogram, Info, PlatformCollector, ProcessCollector,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
 )
 
 import tracker
@@ -20,10 +25,19 @@ class ApiMetrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         Info("tracker_api", "Version of the API process.", registry=r).info({"version": tracker.__version__})
-        self.requests = Counter("tracker_api_requests_total", "HTTP requests, by operation and status code.",
-                                ["operation", "code"], registry=r)
-        self.latency = Histogram("tracker_api_request_duration_seconds",
-                                 "HTTP request latency, by operation.", ["operation"], buckets=_BUCKETS, registry=r)
+        self.requests = Counter(
+            "tracker_api_requests_total",
+            "HTTP requests, by operation and status code.",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tracker_api_request_duration_seconds",
+            "HTTP request latency, by operation.",
+            ["operation"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
 
 
 class MetricsMiddleware:

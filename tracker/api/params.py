@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import overload
 
 from tracker.api.problems import bad_request
 from tracker.times import parse_time
@@ -14,16 +15,24 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # means "all of it" (windows start at the epoch at the earliest), so there is no upper
 # bound to state — only Python's own, which this stays below.
 _LONGEST = timedelta(days=999_999_000)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@overload
+def duration(value: str, name: str) -> timedelta: ...
+@overload
+def duration(value: None, name: str) -> None: ...
+@overload
+def duration(value: str | None, name: str) -> timedelta | None: ...
 def duration(value: str | None, name: str) -> timedelta | None:
     if value is None:
         return None
     match = _DURATION.match(value)
     if not match:
-        raise bad_request(f"{name}: {value!r} is not a duration; use a number and a unit: ms, s, m, h or d "
-                          "(e.g. 250ms, 1.5s, 30m, 24h, 7d)")
+        raise bad_request(
+            f"{name}: {value!r} is not a duration; use a number and a unit: ms, s, m, h or d "
+            "(e.g. 250ms, 1.5s, 30m, 24h, 7d)"
+        )
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     return min(timedelta(seconds=min(seconds, _LONGEST.total_seconds())), _LONGEST)
 
@@ -51,7 +60,7 @@ def window(since: str | None, until: str | None, lookback: str | None) -> tuple[
     start, end = time(since, "since"), time(until, "until")
     span = duration(lookback, "lookback")
     if span is not None:
-        start = before(end or datetime.now(timezone.utc), span)
+        start = before(end or datetime.now(UTC), span)
     if start is not None and end is not None and start > end:
         raise bad_request(f"the window is empty: since ({start.isoformat()}) is after until ({end.isoformat()})")
     return start, end

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from connexion.exceptions import BadRequestProblem, ProblemException  # noqa: F401  (re-exported)
+from connexion import validators as connexion_validators
+from connexion.exceptions import BadRequestProblem, ProblemException  # re-exported
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.problem import problem
-from connexion import validators as connexion_validators
 from jsonschema import Draft4Validator
 
 from tracker.events import EVENT_SCHEMAS, Invalid, describe_error, detect_format, rename_legacy, validator
@@ -26,15 +26,21 @@ def bad_request(detail: str) -> ProblemException:
 def body_not_utf8(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     # Connexion decodes a JSON body before its own error handling; a body that is not
     # UTF-8 would otherwise surface as a 500.
-    return problem(status=400, title="Bad Request",
-                   detail=f"the request body is not UTF-8 ({exc}); send a JSON document encoded in UTF-8")
+    return problem(
+        status=400,
+        title="Bad Request",
+        detail=f"the request body is not UTF-8 ({exc}); send a JSON document encoded in UTF-8",
+    )
 
 
 def database_unavailable(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
-    return problem(status=503, title="Service Unavailable",
-                   detail="The database is unreachable right now; retry in a few seconds.",
-                   headers={"Retry-After": "5"})
+    return problem(
+        status=503,
+        title="Service Unavailable",
+        detail="The database is unreachable right now; retry in a few seconds.",
+        headers={"Retry-After": "5"},
+    )
 
 
 class BodyValidator(connexion_validators.JSONRequestBodyValidator):
@@ -75,17 +81,24 @@ class ParameterValidator(connexion_validators.ParameterValidator):
             if _cached_validator(param).is_valid(value):
                 return None
         if isinstance(value, str) and "\x00" in value:
-            return (f"{parameter_type} parameter {param['name']!r} contains the character U+0000, "
-                    "which no trace, service or path can contain")
+            return (
+                f"{parameter_type} parameter {param['name']!r} contains the character U+0000, "
+                "which no trace, service or path can contain"
+            )
         error = connexion_validators.ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
         if not error or error.startswith("Missing"):
             return error
         schema = param.get("schema", param)
-        described = schema.get("description") or param.get("description") or next(
-            (part.get("description") for part in schema.get("allOf", []) if part.get("description")), None)
+        described = (
+            schema.get("description")
+            or param.get("description")
+            or next((part.get("description") for part in schema.get("allOf", []) if part.get("description")), None)
+        )
         allowed = described or ", ".join(
-            f"{k} {v}" for k, v in schema.items()
-            if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength"))
+            f"{k} {v}"
+            for k, v in schema.items()
+            if k in ("type", "enum", "minimum", "maximum", "minLength", "maxLength")
+        )
         allowed = " ".join(allowed.split())  # descriptions are wrapped YAML blocks
         first_line = error.splitlines()[0]
         if "does not match" in first_line:  # a regular expression helps nobody; the description does

@@ -19,19 +19,27 @@ def validated(doc, what: str) -> tuple[bytes, Event]:
     if isinstance(parsed, Invalid):
         if parsed.reason == "too_large":
             raise ProblemException(status=413, title="Payload Too Large", detail=parsed.detail)
-        raise ProblemException(status=400, title="Bad Request", detail=f"invalid {what} ({parsed.reason}): {parsed.detail}")
+        raise ProblemException(
+            status=400, title="Bad Request", detail=f"invalid {what} ({parsed.reason}): {parsed.detail}"
+        )
     return value, parsed
 
 
 async def send(value: bytes, trace_id: str) -> None:
     producer = request.state.producer
     if producer is None:
-        raise ProblemException(status=503, title="Service Unavailable",
-                               detail="HTTP ingestion needs Kafka, and KAFKA_BOOTSTRAP_SERVERS is not set for this API.")
+        raise ProblemException(
+            status=503,
+            title="Service Unavailable",
+            detail="HTTP ingestion needs Kafka, and KAFKA_BOOTSTRAP_SERVERS is not set for this API.",
+        )
     try:
         await asyncio.wait_for(producer.send(value, key=trace_id), timeout=10)
-    except (KafkaError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError) as exc:
         # Nothing half-done: the event either reached Kafka (202) or it did not (503, retry).
-        raise ProblemException(status=503, title="Service Unavailable",
-                               detail=f"Kafka did not take the event ({type(exc).__name__}); nothing was stored, "
-                                      "retry later.", headers={"Retry-After": "5"}) from None
+        raise ProblemException(
+            status=503,
+            title="Service Unavailable",
+            detail=f"Kafka did not take the event ({type(exc).__name__}); nothing was stored, retry later.",
+            headers={"Retry-After": "5"},
+        ) from None

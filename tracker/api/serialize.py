@@ -9,7 +9,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-
 def trace_summary_out(row) -> dict:
     out = {
         "trace_id": row["trace_id"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from connexion import request
 from connexion.lifecycle import ConnexionResponse
@@ -14,7 +14,7 @@ from tracker.queries import stats as q
 
 
 def _since(lookback: str) -> datetime:
-    return params.before(datetime.now(timezone.utc), params.duration(lookback, "lookback"))
+    return params.before(datetime.now(UTC), params.duration(lookback, "lookback"))
 
 
 async def services(lookback: str = "24h"):
@@ -28,7 +28,7 @@ async def counts(lookback: str = "24h", bucket: str = "1h", service: str | None 
     if width < timedelta(minutes=1):
         raise bad_request(f"bucket: {bucket!r} is finer than the rollups, which count per minute; use 1m or more")
     since = _since(lookback)
-    buckets = (datetime.now(timezone.utc) - since) / width
+    buckets = (datetime.now(UTC) - since) / width
     if buckets > 10_000:
         raise bad_request(f"lookback / bucket gives {int(buckets)} buckets; at most 10000 are allowed")
     async with request.state.pool.acquire() as conn:
@@ -45,7 +45,14 @@ async def elapsed(lookback: str = "24h", service: str | None = None):
 async def success_rate(lookback: str = "24h"):
     async with request.state.pool.acquire() as conn:
         rows = await q.services(conn, _since(lookback))
-    data = [{"service": r["service"], "success": r["success"], "error": r["error"],
-             "success_rate": round(r["success"] / (r["success"] + r["error"]), 6)}
-            for r in rows if r["success"] + r["error"] > 0]
+    data = [
+        {
+            "service": r["service"],
+            "success": r["success"],
+            "error": r["error"],
+            "success_rate": round(r["success"] / (r["success"] + r["error"]), 6),
+        }
+        for r in rows
+        if r["success"] + r["error"] > 0
+    ]
     return ok({"data": data})

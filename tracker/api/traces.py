@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from connexion import request
 from connexion.lifecycle import ConnexionResponse
@@ -13,12 +13,15 @@ from tracker.api.problems import not_found
 from tracker.api.publish import send, validated
 from tracker.api.responses import after, ok, page
 from tracker.api.serialize import event_out, trace_summary_out
-from tracker.queries import search, traces as q
+from tracker.queries import search
+from tracker.queries import traces as q
 
 
 def _unknown(trace_id: str):
-    return not_found(f"No event has been seen for trace {trace_id!r}. Check the id; events are visible "
-                     "about a second after they are produced.")
+    return not_found(
+        f"No event has been seen for trace {trace_id!r}. Check the id; events are visible "
+        "about a second after they are produced."
+    )
 
 
 async def get_trace(trace_id: str):
@@ -29,39 +32,55 @@ async def get_trace(trace_id: str):
     return ConnexionResponse(status_code=200, content_type="application/json", body=document)
 
 
-async def get_trace_events(trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None,
-                           include_body: bool = True):
+async def get_trace_events(
+    trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None, include_body: bool = True
+):
     position = after(cursor)
     async with request.state.pool.acquire() as conn:
-        rows = await q.fetch_events(conn, trace_id, descending=order == "desc", include_body=include_body,
-                                    after=position, limit=limit + 1)
+        rows = await q.fetch_events(
+            conn, trace_id, descending=order == "desc", include_body=include_body, after=position, limit=limit + 1
+        )
         if not rows and position is None and not await q.trace_exists(conn, trace_id):
             raise _unknown(trace_id)
     return page(rows, limit, lambda r: (r["ts"], r["event_id"]), lambda r: event_out(r, include_body))
 
 
-async def search_traces(service=None, status=None, done=None, account=None, org_id=None, inventory_id=None,
-                        system_id=None, source=None, domain=None, domain_id=None, since=None, until=None,
-                        lookback=None, min_duration=None, max_duration=None, limit=50, cursor=None):
+async def search_traces(
+    since=None, until=None, lookback=None, min_duration=None, max_duration=None, limit=50, cursor=None, **query
+):
+    # ``query``: the filters, as in search_events.
     start, end = params.window(since, until, lookback)
-    filters = {"service": service, "status": status, "done": done, "account": account, "org_id": org_id,
-               "inventory_id": inventory_id, "system_id": system_id, "source": source, "domain": domain,
-               "domain_id": domain_id}
+    filters = {name: query.get(name) for name in search.TRACE_FILTERS}
     position = after(cursor)
     async with request.state.pool.acquire() as conn:
-        rows = await search.search_traces(conn, filters=filters, since=start, until=end,
-                                          min_duration=params.duration(min_duration, "min_duration"),
-                                          max_duration=params.duration(max_duration, "max_duration"),
-                                          after=position, limit=limit + 1)
+        rows = await search.search_traces(
+            conn,
+            filters=filters,
+            since=start,
+            until=end,
+            min_duration=params.duration(min_duration, "min_duration"),
+            max_duration=params.duration(max_duration, "max_duration"),
+            after=position,
+            limit=limit + 1,
+        )
     return page(rows, limit, lambda r: (r["created_at"], r["trace_id"]), trace_summary_out)
 
 
 async def post_trace(body):
     trace_id = str(uuid.uuid4())
-    event = {"trace_id": trace_id, "event_id": str(uuid.uuid4()), "status": "received", "trace_status": "STARTED",
-             "timestamp": datetime.now(timezone.utc).isoformat(), **body}
+    event = {
+        "trace_id": trace_id,
+        "event_id": str(uuid.uuid4()),
+        "status": "received",
+        "trace_status": "STARTED",
+        "timestamp": datetime.now(UTC).isoformat(),
+        **body,
+    }
     value, parsed = validated(event, "trace")
     await send(value, trace_id)
     # 202, not 201: the trace exists once the consumer has stored this event, a moment later.
-    return ok({"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
-              status=202, headers={"Location": f"/v1/traces/{trace_id}"})
+    return ok(
+        {"trace_id": trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic},
+        status=202,
+        headers={"Location": f"/v1/traces/{trace_id}"},
+    )

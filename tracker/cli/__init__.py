@@ -15,21 +15,25 @@ from tracker.cli.sending import cmd_send
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tracker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--api", help="the API's base URL (default: TRACKER_API_URL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)"
-                   ).set_defaults(func=cmd_up)
-    sub.add_parser("migrate", help="apply the database migrations (a no-op when up to date)"
-                   ).set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)"
+    ).set_defaults(func=cmd_up)
+    sub.add_parser("migrate", help="apply the database migrations (a no-op when up to date)").set_defaults(
+        func=cmd_migrate
+    )
 
-    sub.add_parser("retention", help="create the coming days' partitions and drop those past TRACKER_RETENTION_DAYS"
-                   ).set_defaults(func=cmd_retention)
-    sub.add_parser("topics", help="create the events and dead-letter topics if missing"
-                   ).set_defaults(func=cmd_topics)
+    sub.add_parser(
+        "retention", help="create the coming days' partitions and drop those past TRACKER_RETENTION_DAYS"
+    ).set_defaults(func=cmd_retention)
+    sub.add_parser("topics", help="create the events and dead-letter topics if missing").set_defaults(func=cmd_topics)
 
     send = sub.add_parser("send", help="publish one event to Kafka (flags, or a JSON event on stdin)")
     send.add_argument("--trace-id")
@@ -47,18 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("trace_id")
     status.add_argument("--format", choices=["table", "json"], default="table")
     status.add_argument("--history", action="store_true", help="also one row per event")
-    status.add_argument("--watch", action="store_true",
-                        help="poll until the trace is done; exit 0 if it succeeded, 1 if it failed")
+    status.add_argument(
+        "--watch", action="store_true", help="poll until the trace is done; exit 0 if it succeeded, 1 if it failed"
+    )
     status.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --watch")
-    status.add_argument("--wait", type=float, default=60.0,
-                        help="with --watch: seconds to wait for the trace's first event before exit 4 (default 60)")
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="with --watch: seconds to wait for the trace's first event before exit 4 (default 60)",
+    )
     status.set_defaults(func=cmd_status)
 
     search = sub.add_parser("search", help="traces matching filters, newest first")
     for name in SEARCH_FILTERS:
         if name == "done":
-            search.add_argument("--done", type=lambda v: v.lower() in ("true", "yes", "1"), default=None,
-                                metavar="true|false")
+            search.add_argument(
+                "--done", type=lambda v: v.lower() in ("true", "yes", "1"), default=None, metavar="true|false"
+            )
         else:
             search.add_argument("--" + name.replace("_", "-"), dest=name)
     search.add_argument("--limit", type=int, default=50)

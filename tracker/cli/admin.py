@@ -40,8 +40,16 @@ def cmd_retention(args, settings: Settings) -> int:
             await conn.close()
 
     result = asyncio.run(go())
-    print(json.dumps({"retention_days": settings.retention_days, "partitions_created": result.created,
-                      "partitions_dropped": result.dropped, "traces_deleted": result.traces_deleted}))
+    print(
+        json.dumps(
+            {
+                "retention_days": settings.retention_days,
+                "partitions_created": result.created,
+                "partitions_dropped": result.dropped,
+                "traces_deleted": result.traces_deleted,
+            }
+        )
+    )
     return 0
 
 
@@ -50,8 +58,13 @@ def cmd_topics(args, settings: Settings) -> int:
 
     if not settings.kafka_bootstrap_servers:
         raise SettingsError("KAFKA_BOOTSTRAP_SERVERS must be set")
-    created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
-                                        settings.topic_partitions,
-                                        max_message_bytes=settings.max_message_bytes))
+    created = asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.topic, settings.dlq_topic],
+            settings.topic_partitions,
+            max_message_bytes=settings.max_message_bytes,
+        )
+    )
     print("created: " + ", ".join(created) if created else "topics exist")
     return 0

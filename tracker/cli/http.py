@@ -40,6 +40,6 @@ def run_api(args, work) -> int:
     except ApiError as exc:
         print(f"tracker {args.command}: {printable(exc)}", file=sys.stderr)
         return exc.code
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         print(f"tracker {args.command}: the API at {args.api} is unreachable ({exc})", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -17,7 +16,6 @@ def printable(value: object) -> str:
 
 def table(rows: list[tuple], headers: tuple) -> str:
     """A plain aligned table; a dependency would add nothing these few lines do not do."""
-    cells = [tuple(str(v) for v in headers)] + [tuple("-" if v is None else printable(v) for v in row)
-                                                for row in rows]
+    cells = [tuple(str(v) for v in headers)] + [tuple("-" if v is None else printable(v) for v in row) for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tracker.cli.exits import EXIT_UNREACHABLE, EXIT_USAGE
 from tracker.settings import Settings, SettingsError
@@ -23,7 +23,7 @@ def _event_from_args(args) -> dict:
         "trace_id": args.trace_id,
         "service": args.service,
         "status": args.status,
-        "timestamp": args.timestamp or datetime.now(timezone.utc).isoformat(),
+        "timestamp": args.timestamp or datetime.now(UTC).isoformat(),
     }
     for key in ("trace_status", "message", "operation", "event_id"):
         if getattr(args, key):
@@ -52,9 +52,9 @@ def cmd_send(args, settings: Settings) -> int:
     try:
         asyncio.run(send_one(settings, value, key=parsed.trace_id))
     except Exception as exc:  # any Kafka failure: say so in one line
-        print(f"tracker send: Kafka at {settings.kafka_bootstrap_servers} did not take the event: {exc}",
-              file=sys.stderr)
+        print(
+            f"tracker send: Kafka at {settings.kafka_bootstrap_servers} did not take the event: {exc}", file=sys.stderr
+        )
         return EXIT_UNREACHABLE
-    print(json.dumps({"sent": True, "topic": settings.topic, "trace_id": parsed.trace_id,
-                      "event_id": parsed.event_id}))
+    print(json.dumps({"sent": True, "topic": settings.topic, "trace_id": parsed.trace_id, "event_id": parsed.event_id}))
     return 0

@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tracker.devservices.ports import free_port
 from tracker.devservices.logs import tail
+from tracker.devservices.ports import free_port
 
 log = logging.getLogger("tracker.devservices.kafka")
 
@@ -44,8 +44,11 @@ def kafka_classpath(cache_home: str | None = None) -> str:
         raise RuntimeError("Maven (mvn) is needed once to fetch the Kafka broker's jars from Maven Central")
     cp_file.parent.mkdir(parents=True, exist_ok=True)
     log.info("resolving the Kafka broker's jars with Maven (first start only)")
-    result = subprocess.run([mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath",
-                             f"-Dmdep.outputFile={cp_file}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dmdep.outputFile={cp_file}"],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"Maven could not resolve the Kafka jars:\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
     return cp_file.read_text().strip()
@@ -63,8 +66,9 @@ def _cluster_id() -> str:
 class LocalKafka:
     """One combined broker + controller on 127.0.0.1, data in ``state_dir``."""
 
-    def __init__(self, state_dir: Path, *, heap: str = "768m", java_home: str | None = None,
-                 cache_home: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, heap: str = "768m", java_home: str | None = None, cache_home: str | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.java_home, self.cache_home = java_home, cache_home
         self.log_dirs = self.state_dir / "data"
@@ -114,35 +118,62 @@ class LocalKafka:
             raise RuntimeError("a Java runtime (java) is needed to run the local Kafka broker")
         return java
 
-    def start(self, timeout: float = 120.0, on_launch=None) -> "LocalKafka":
+    def start(self, timeout: float = 120.0, on_launch=None) -> LocalKafka:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._classpath = kafka_classpath(self.cache_home)
         self.port, self.controller_port = free_port(), free_port()
         self._write_config()
         java = self._java()
         if not (self.log_dirs / "meta.properties").exists():
-            result = subprocess.run([java, "-cp", self._classpath, f"-Dlog4j2.configurationFile={LOG4J2}",
-                                     "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
-                                     "-c", str(self.config_file)], capture_output=True, text=True)
+            result = subprocess.run(
+                [
+                    java,
+                    "-cp",
+                    self._classpath,
+                    f"-Dlog4j2.configurationFile={LOG4J2}",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={_cluster_id()}",
+                    "-c",
+                    str(self.config_file),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 raise RuntimeError(f"kafka-storage format failed:\n{result.stdout}{result.stderr}")
-        self._launch()
+        proc = self._launch()
         if on_launch is not None:
-            on_launch(self._proc.pid)
+            on_launch(proc.pid)
         self._wait_ready(timeout)
         log.info("Kafka ready on %s", self.bootstrap_servers)
         return self
 
-    def _launch(self) -> None:
+    def _launch(self) -> subprocess.Popen:
+        if self._classpath is None:
+            raise RuntimeError("start() resolves the classpath before launching")
         log_handle = open(self.log_file, "ab")
         self._proc = subprocess.Popen(
-            [self._java(), f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", self._classpath, "kafka.Kafka", str(self.config_file)],
-            stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                self._java(),
+                f"-Xmx{self.heap}",
+                f"-Xms{self.heap}",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={LOG4J2}",
+                "-cp",
+                self._classpath,
+                "kafka.Kafka",
+                str(self.config_file),
+            ],
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             # Own process group: Ctrl-C in a terminal reaches our launcher, which stops us cleanly.
             start_new_session=True,
         )
         log_handle.close()
+        return self._proc
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tracker.devservices.logs import tail
 from tracker.devservices.ports import free_port
@@ -54,7 +55,7 @@ class LocalPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if self._as_postgres:
             # initdb and postgres refuse to run as root; hand the cluster to `postgres`.
             kwargs = {"user": "postgres", "group": pwd.getpwnam("postgres").pw_gid}
@@ -74,43 +75,83 @@ class LocalPostgres:
             os.chown(self.log_file, pw.pw_uid, pw.pw_gid)
             for parent in self.state_dir.resolve().parents:
                 if not os.stat(parent).st_mode & 0o001:
-                    raise RuntimeError(f"{parent} is not searchable by others, so the postgres user cannot "
-                                       f"reach {self.state_dir}; chmod o+x it or choose another folder")
+                    raise RuntimeError(
+                        f"{parent} is not searchable by others, so the postgres user cannot "
+                        f"reach {self.state_dir}; chmod o+x it or choose another folder"
+                    )
 
-    def start(self) -> "LocalPostgres":
+    def start(self) -> LocalPostgres:
         self._prepare_dirs()
         if not (self.data_dir / "PG_VERSION").exists():
             log.info("initdb %s", self.data_dir)
-            args = [str(self._bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                    "--auth=trust", "-E", "UTF8", "--locale=C"]
+            args = [
+                str(self._bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
             if not self.durable:
                 args.append("--no-sync")
             self._run(*args)
         status = self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "status", check=False)
         if status.returncode == 0:
-            raise RuntimeError(f"a PostgreSQL server already runs on {self.data_dir} (is another `tracker up` "
-                               f"using {self.state_dir.parent}?); stop it first")
+            raise RuntimeError(
+                f"a PostgreSQL server already runs on {self.data_dir} (is another `tracker up` "
+                f"using {self.state_dir.parent}?); stop it first"
+            )
         self.port = free_port()
         self._pg_ctl_start()
         log.info("PostgreSQL ready on 127.0.0.1:%s", self.port)
         return self
 
     def _pg_ctl_start(self) -> None:
-        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''",
-                   "-c max_connections=200"]
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            "-c unix_socket_directories=''",
+            "-c max_connections=200",
+        ]
         if not self.durable:
             # Test clusters are thrown away; skipping fsync makes them several times faster.
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        result = self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                           "-o", " ".join(options), "-w", "-t", "60", "start", check=False)
+        result = self._run(
+            str(self._bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"PostgreSQL did not start: {result.stdout}{result.stderr}\n"
-                               f"log tail:\n{tail(self.log_file)}")
+            raise RuntimeError(
+                f"PostgreSQL did not start: {result.stdout}{result.stderr}\nlog tail:\n{tail(self.log_file)}"
+            )
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
-            self._run(str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
-                      "stop", check=False)
+            self._run(
+                str(self._bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+                check=False,
+            )
 
     def restart(self) -> None:
         """Stop, then start again on the same port (the failure tests use this)."""
@@ -124,8 +165,7 @@ def database_url(admin_url: str, name: str) -> str:
     return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
 
 
-async def create_database(admin_url: str, name: str, *, template: str | None = None,
-                          if_missing: bool = False) -> str:
+async def create_database(admin_url: str, name: str, *, template: str | None = None, if_missing: bool = False) -> str:
     """Create database ``name`` (a clone of ``template`` if given); return its URL.
 
     Names are ours (prefix + random hex), never input: identifiers cannot be parameters.

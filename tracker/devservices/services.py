@@ -18,8 +18,8 @@ from tracker.settings import Settings
 
 @dataclass(frozen=True)
 class Postgres:
-    url: str                        # the configured DATABASE_URL, or the local server's admin URL
-    local: LocalPostgres | None     # the server started here (to restart it in tests); None if configured
+    url: str  # the configured DATABASE_URL, or the local server's admin URL
+    local: LocalPostgres | None  # the server started here (to restart it in tests); None if configured
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class Kafka:
 
 
 @contextlib.contextmanager
-def postgres(settings: Settings, state_dir: Path, *, durable: bool = True,
-             watchdog: Watchdog | None = None) -> Iterator[Postgres]:
+def postgres(
+    settings: Settings, state_dir: Path, *, durable: bool = True, watchdog: Watchdog | None = None
+) -> Iterator[Postgres]:
     """``durable=False`` (fsync off) only where a lost write cannot matter: the test suite."""
     if settings.database_url:
         yield Postgres(settings.database_url, None)
@@ -46,8 +47,9 @@ def postgres(settings: Settings, state_dir: Path, *, durable: bool = True,
 
 
 @contextlib.contextmanager
-def kafka(settings: Settings, state_dir: Path, *, heap: str = "768m",
-          watchdog: Watchdog | None = None) -> Iterator[Kafka]:
+def kafka(
+    settings: Settings, state_dir: Path, *, heap: str = "768m", watchdog: Watchdog | None = None
+) -> Iterator[Kafka]:
     if settings.kafka_bootstrap_servers:
         yield Kafka(settings.kafka_bootstrap_servers, None)
         return

@@ -30,12 +30,19 @@ from tracker.topics import ensure_topics
 log = logging.getLogger("tracker.up")
 
 
+def _command(proc: subprocess.Popen) -> str:
+    """What a process we started runs, for a message (its last argument: the module or binary)."""
+    args = proc.args
+    return str(args[-1]) if isinstance(args, (list, tuple)) else str(args)
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[-1]} exited with {proc.returncode} during start-up; "
-                               "its log (path above) says why")
+            raise RuntimeError(
+                f"{_command(proc)} exited with {proc.returncode} during start-up; its log (path above) says why"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -57,18 +64,26 @@ class Stack:
     def start_services(self) -> Settings:
         """Start local Kafka/PostgreSQL where none is configured; migrate; create topics."""
         settings = self.settings
-        pg = self.services.enter_context(devservices.postgres(settings, self.state / "postgres",
-                                                              watchdog=self.watchdog))
+        pg = self.services.enter_context(
+            devservices.postgres(settings, self.state / "postgres", watchdog=self.watchdog)
+        )
+        database_url = pg.url  # configured, or the local server's admin URL until we make ours
         if pg.local is not None:
-            url = asyncio.run(create_database(pg.url, "tracker", if_missing=True))
-            settings = dataclasses.replace(settings, database_url=url)
+            database_url = asyncio.run(create_database(pg.url, "tracker", if_missing=True))
+        settings = dataclasses.replace(settings, database_url=database_url)
         kafka = self.services.enter_context(devservices.kafka(settings, self.state / "kafka", watchdog=self.watchdog))
-        settings = dataclasses.replace(settings, kafka_bootstrap_servers=kafka.bootstrap_servers)
-        applied = asyncio.run(migrate(settings.database_url))
+        bootstrap = kafka.bootstrap_servers
+        settings = dataclasses.replace(settings, kafka_bootstrap_servers=bootstrap)
+        applied = asyncio.run(migrate(database_url))
         log.info("migrations applied: %s", applied or "none needed")
-        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, [settings.topic, settings.dlq_topic],
-                                  settings.topic_partitions,
-                                  max_message_bytes=settings.max_message_bytes))
+        asyncio.run(
+            ensure_topics(
+                bootstrap,
+                [settings.topic, settings.dlq_topic],
+                settings.topic_partitions,
+                max_message_bytes=settings.max_message_bytes,
+            )
+        )
         self.settings = settings
         return settings
 
@@ -79,8 +94,15 @@ class Stack:
         for module, log_name in (("consumer", "consumer.log"), ("tracker.api", "api.log")):
             _say(f"  {module:<12} log: {logs / log_name}")
             handle = open(logs / log_name, "ab")
-            self.processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=handle,
-                                                   stderr=subprocess.STDOUT, start_new_session=True))
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    env=env,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             self.watchdog.watch_pid(self.processes[-1].pid)
             handle.close()
         s = self.settings
@@ -90,26 +112,30 @@ class Stack:
     def banner(self) -> str:
         s = self.settings
         api = f"http://{s.api_host}:{s.api_port}"
-        send = (f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} TRACKER_TOPIC={shlex.quote(s.topic)} "
-                f"{Path(sys.executable).parent / 'tracker'} send --trace-id demo-1 --service ingress "
-                f"--status received")
-        return "\n".join([
-            "",
-            "tracker is up.",
-            f"  API:              {api}",
-            f"  Swagger UI:       {api}/ui/",
-            f"  OpenAPI document: {api}/openapi.json",
-            f"  consumer metrics: http://{s.consumer_host}:{s.consumer_port}/metrics",
-            f"  Kafka:            {s.kafka_bootstrap_servers}  (topic {s.topic}, dead letters {s.dlq_topic})",
-            f"  PostgreSQL:       {s.database_url}",
-            "",
-            "Send a first event:",
-            f"  {send}",
-            "then look at it:",
-            f"  curl -s {api}/v1/traces/demo-1",
-            "",
-            "Ctrl-C stops everything this command started.",
-        ])
+        send = (
+            f"KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers} TRACKER_TOPIC={shlex.quote(s.topic)} "
+            f"{Path(sys.executable).parent / 'tracker'} send --trace-id demo-1 --service ingress "
+            f"--status received"
+        )
+        return "\n".join(
+            [
+                "",
+                "tracker is up.",
+                f"  API:              {api}",
+                f"  Swagger UI:       {api}/ui/",
+                f"  OpenAPI document: {api}/openapi.json",
+                f"  consumer metrics: http://{s.consumer_host}:{s.consumer_port}/metrics",
+                f"  Kafka:            {s.kafka_bootstrap_servers}  (topic {s.topic}, dead letters {s.dlq_topic})",
+                f"  PostgreSQL:       {s.database_url}",
+                "",
+                "Send a first event:",
+                f"  {send}",
+                "then look at it:",
+                f"  curl -s {api}/v1/traces/demo-1",
+                "",
+                "Ctrl-C stops everything this command started.",
+            ]
+        )
 
     def wait(self) -> int:
         """Until Ctrl-C/SIGTERM, or until a process dies (then its exit code)."""
@@ -123,7 +149,7 @@ class Stack:
         while not stop["now"]:
             for proc in self.processes:
                 if proc.poll() is not None:
-                    _say(f"{proc.args[-1]} exited with {proc.returncode}; stopping", sys.stderr)
+                    _say(f"{_command(proc)} exited with {proc.returncode}; stopping", sys.stderr)
                     return proc.returncode or 1
             time.sleep(0.2)
         return 0

@@ -36,10 +36,13 @@ class Watchdog:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tracker.devservices.watchdog"], stdin=subprocess.PIPE,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "tracker.devservices.watchdog"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 # Its own session: the terminal's Ctrl-C and a closing pipe do not reach it.
-                start_new_session=True)
+                start_new_session=True,
+            )
 
     def _say(self, line: str) -> None:
         assert self._proc.stdin is not None

@@ -6,6 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
+from tracker.db import Connection
+
 # The excerpt is cut in PostgreSQL: a dead letter can be a megabyte, a page shows a thousand characters.
 EXCERPT_BYTES = 4000
 
@@ -24,8 +26,13 @@ LIST = f"""
 """
 
 
-async def list_dead_letters(conn: asyncpg.Connection, *, reason: str | None, since: datetime | None,
-                            until: datetime | None, after: tuple[datetime, int] | None,
-                            limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(LIST, reason, since, until, after[0] if after else None,
-                            after[1] if after else None, limit)
+async def list_dead_letters(
+    conn: Connection,
+    *,
+    reason: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(LIST, reason, since, until, after[0] if after else None, after[1] if after else None, limit)

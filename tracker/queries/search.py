@@ -4,11 +4,12 @@ constant SQL fragment with a $n parameter; only the set of fragments varies."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS
+from tracker.db import Connection
+from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS, TRACE_ATTRIBUTES
 
 
 @dataclass
@@ -33,28 +34,38 @@ class Where:
 TRACE_COLUMNS = """trace_id, created_at, first_at, last_at, event_count, error_count, done, status,
     account, org_id, inventory_id, system_id, source, domain, domain_id"""
 
-# Attributes a trace carries (search on traces.<column>).
-TRACE_ATTRIBUTES = ("account", "org_id", "inventory_id", "system_id", "source", "domain", "domain_id")
+# The filters of GET /v1/events and GET /v1/traces, by their query parameters' names.
+EVENT_FILTERS = ("service", "status", *TRACE_ATTRIBUTES)
+TRACE_FILTERS = (*EVENT_FILTERS, "done")
 
 
-async def search_traces(conn: asyncpg.Connection, **criteria) -> list[asyncpg.Record]:
+async def search_traces(conn: Connection, **criteria) -> list[asyncpg.Record]:
     sql, args = search_traces_sql(**criteria)
     return await conn.fetch(sql, *args)
 
 
-def search_traces_sql(*, filters: dict, since: datetime | None = None, until: datetime | None = None,
-                      min_duration: timedelta | None = None, max_duration: timedelta | None = None,
-                      after: tuple[datetime, str] | None = None, limit: int = 51) -> tuple[str, list]:
+def search_traces_sql(
+    *,
+    filters: dict,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    min_duration: timedelta | None = None,
+    max_duration: timedelta | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 51,
+) -> tuple[str, list]:
     where = Where()
     for column in TRACE_ATTRIBUTES + ("status", "done"):
         if filters.get(column) is not None:
             where.add(f"t.{column} = {{}}", filters[column])
     if filters.get("service") is not None:
-        where.add("EXISTS (SELECT 1 FROM trace_services s WHERE s.trace_id = t.trace_id AND s.service = {})",
-                  filters["service"])
+        where.add(
+            "EXISTS (SELECT 1 FROM trace_services s WHERE s.trace_id = t.trace_id AND s.service = {})",
+            filters["service"],
+        )
     if since is not None:
         # active_hour (last_at's hour, indexed) finds the candidates; last_at is exact.
-        where.add("t.active_hour >= {}", since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0))
+        where.add("t.active_hour >= {}", since.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
         where.add("t.last_at >= {}", since)
     if until is not None:
         where.add("t.first_at <= {}", until)
@@ -65,21 +76,27 @@ def search_traces_sql(*, filters: dict, since: datetime | None = None, until: da
     if after is not None:
         where.add("(t.created_at, t.trace_id) < ({}, {})", *after)
     where.args.append(limit)
-    sql = (f"SELECT {TRACE_COLUMNS} FROM traces t WHERE {where.sql()} "
-           f"ORDER BY t.created_at DESC, t.trace_id DESC LIMIT ${len(where.args)}")
+    sql = (
+        f"SELECT {TRACE_COLUMNS} FROM traces t WHERE {where.sql()} "
+        f"ORDER BY t.created_at DESC, t.trace_id DESC LIMIT ${len(where.args)}"
+    )
     return sql, where.args
 
 
-
-
-async def search_events(conn: asyncpg.Connection, **criteria) -> list[asyncpg.Record]:
+async def search_events(conn: Connection, **criteria) -> list[asyncpg.Record]:
     sql, args = search_events_sql(**criteria)
     return await conn.fetch(sql, *args)
 
 
-def search_events_sql(*, filters: dict, since: datetime | None = None, until: datetime | None = None,
-                      after: tuple[datetime, str] | None = None, limit: int = 51,
-                      include_body: bool = False) -> tuple[str, list]:
+def search_events_sql(
+    *,
+    filters: dict,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 51,
+    include_body: bool = False,
+) -> tuple[str, list]:
     where = Where()
     for column in ("service", "status", "source"):
         if filters.get(column) is not None:
@@ -96,8 +113,10 @@ def search_events_sql(*, filters: dict, since: datetime | None = None, until: da
         where.add("(e.ts, e.event_id) < ({}, {})", *after)
     where.args.append(limit)
     columns = ", ".join(SUMMARY_COLUMNS + (BODY_COLUMNS if include_body else ()))
-    sql = (f"SELECT {columns} FROM events e WHERE {where.sql()} "
-           f"ORDER BY e.ts DESC, e.event_id DESC LIMIT ${len(where.args)}")
+    sql = (
+        f"SELECT {columns} FROM events e WHERE {where.sql()} "
+        f"ORDER BY e.ts DESC, e.event_id DESC LIMIT ${len(where.args)}"
+    )
     return sql, where.args
 
 
@@ -109,6 +128,6 @@ LIMIT 1000
 """
 
 
-async def lookup_path(conn: asyncpg.Connection, path: str) -> list[asyncpg.Record]:
+async def lookup_path(conn: Connection, path: str) -> list[asyncpg.Record]:
     rows = await conn.fetch(LOOKUP_PATH, path)
     return sorted(rows, key=lambda r: (r["ts"], r["trace_id"]))

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from tracker.db import Connection
 from tracker.events import ERROR_STATUSES
 
 _ERRORS = sorted(ERROR_STATUSES)
@@ -59,12 +60,11 @@ GROUP BY 1, 2 HAVING sum(n) > 0 ORDER BY 1, 2
 _RATIO = 1.15
 
 
-async def services(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+async def services(conn: Connection, since: datetime) -> list[asyncpg.Record]:
     return await conn.fetch(SERVICES, since, _ERRORS)
 
 
-async def elapsed_percentiles(conn: asyncpg.Connection, since: datetime,
-                              service: str | None) -> list[dict]:
+async def elapsed_percentiles(conn: Connection, since: datetime, service: str | None) -> list[dict]:
     rows = await conn.fetch(ELAPSED, since, service)
     by_name: dict[str, list[tuple[int, int]]] = {}
     for row in rows:
@@ -81,7 +81,7 @@ def bin_seconds(b: int) -> float:
 
 def percentiles(bins: list[tuple[int, int]]) -> dict:
     total = sum(n for _, n in bins)
-    out = {"count": total}
+    out: dict[str, float] = {"count": total}
     for p in (50, 90, 95, 99):
         rank = math.ceil(total * p / 100)
         seen = 0
@@ -97,15 +97,17 @@ def _as_json_document(sql: str) -> str:
     """Wrap a counts query so that PostgreSQL renders the response document itself:
     a day of per-service, per-status buckets is ~1,500 rows, and building them as
     Python dicts cost more than the query (bench/query)."""
-    return (f"SELECT json_build_object('data', coalesce(json_agg(json_build_object("
-            f"'bucket', c.b, 'service', c.service, 'status', c.status, 'events', c.events) "
-            f"ORDER BY c.b, c.service, c.status), '[]'::json))::text FROM ({sql}) c")
+    return (
+        f"SELECT json_build_object('data', coalesce(json_agg(json_build_object("
+        f"'bucket', c.b, 'service', c.service, 'status', c.status, 'events', c.events) "
+        f"ORDER BY c.b, c.service, c.status), '[]'::json))::text FROM ({sql}) c"
+    )
 
 
 COUNTS_HOURLY_JSON = _as_json_document(COUNTS_HOURLY)
 COUNTS_MINUTE_JSON = _as_json_document(COUNTS_MINUTE)
 
 
-async def counts_document(conn: asyncpg.Connection, since: datetime, bucket: timedelta, service: str | None) -> str:
+async def counts_document(conn: Connection, since: datetime, bucket: timedelta, service: str | None) -> str:
     hourly = bucket % timedelta(hours=1) == timedelta(0)
     return await conn.fetchval(COUNTS_HOURLY_JSON if hourly else COUNTS_MINUTE_JSON, since, bucket, service)

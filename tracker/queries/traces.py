@@ -6,6 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
+from tracker.db import Connection
 from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS
 
 
@@ -24,8 +25,11 @@ ORDER BY ts{direction}, event_id{direction} LIMIT $4
 # Keyset paging on (ts, event_id): stable under concurrent inserts, no OFFSET.
 # The trace's first/last times bound ts so that only its days' partitions are read.
 # Four constant statements (order x body), built once.
-EVENTS_SQL = {(descending, body): _events_sql(descending=descending, include_body=body)
-              for descending in (False, True) for body in (False, True)}
+EVENTS_SQL = {
+    (descending, body): _events_sql(descending=descending, include_body=body)
+    for descending in (False, True)
+    for body in (False, True)
+}
 
 TRACE_EXISTS = "SELECT EXISTS (SELECT 1 FROM traces WHERE trace_id = $1)"
 
@@ -68,17 +72,24 @@ FROM traces t WHERE t.trace_id = $1
 """
 
 
-async def fetch_trace_document(conn: asyncpg.Connection, trace_id: str) -> str | None:
+async def fetch_trace_document(conn: Connection, trace_id: str) -> str | None:
     """The JSON text of the trace's state, or None when the trace is unknown."""
     return await conn.fetchval(TRACE_DOCUMENT, trace_id)
 
 
-async def fetch_events(conn: asyncpg.Connection, trace_id: str, *, descending: bool, include_body: bool,
-                       after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+async def fetch_events(
+    conn: Connection,
+    trace_id: str,
+    *,
+    descending: bool,
+    include_body: bool,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     sql = EVENTS_SQL[(descending, include_body)]
     ts, event_id = after if after else (None, None)
     return await conn.fetch(sql, trace_id, ts, event_id, limit)
 
 
-async def trace_exists(conn: asyncpg.Connection, trace_id: str) -> bool:
+async def trace_exists(conn: Connection, trace_id: str) -> bool:
     return await conn.fetchval(TRACE_EXISTS, trace_id)
