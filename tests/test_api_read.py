@@ -1,4 +1,6 @@
-"""The read API against the real database, through the real API process (responses validated against the spec)."""
+"""The read API's handlers against the real database, through the API application in process
+(Connexion's test client; parameters and responses validated against the spec). The API as a
+process is tested end to end in test_end_to_end.py, test_cli.py and test_producers.py."""
 
 from __future__ import annotations
 
@@ -7,10 +9,10 @@ import base64
 import random
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import pytest
 
 from consumer.store import prepare_connection, write_batch
+from tests.helpers.api import api_client
 from tests.helpers.factories import events_of, payload_tracker, pipeline_trace, status_api, tracker_event
 from tracker.events import Event, Invalid, parse_message
 
@@ -23,26 +25,20 @@ async def store(db, docs) -> list[Event]:
 
 
 @pytest.fixture
-async def api(settings, launch):
-    process = await launch.api(settings)
-    session = aiohttp.ClientSession(base_url=settings.api_url)
+def api(settings):
+    """GET through the API application, in process (tests/helpers/api.py); the body as JSON."""
+    with api_client(settings) as client:
 
-    async def get(path: str, expect: int = 200):
-        async with session.get(path) as response:
-            body = await response.json(content_type=None)
-            assert response.status == expect, (
-                path,
-                response.status,
-                body,
-                process.log()[-3000:] if response.status >= 500 else "",
-            )
+        async def get(path: str, expect: int = 200):
+            response = client.get(path)
+            body = response.json()
+            assert response.status_code == expect, (path, response.status_code, body)
             if expect >= 400:
                 assert response.headers["Content-Type"].startswith("application/problem+json")
                 assert body["detail"]
             return body
 
-    yield get
-    await session.close()
+        yield get
 
 
 NOW = datetime.now(UTC).replace(microsecond=0)

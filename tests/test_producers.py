@@ -4,6 +4,7 @@ real broker, and HTTP ingestion end to end."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.helpers.api import get_json, wait_for_trace
+from tests.helpers.api import api_client, get_json, wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce
 from tracker.client import SyncTracker, Tracker
+from tracker.devservices.ports import free_port
 
 
 @pytest.fixture
@@ -289,19 +291,12 @@ async def test_http_ingestion_end_to_end(stack):
             assert "UTF-8" in (await response.json())["detail"]
 
 
-async def test_http_ingestion_without_kafka_answers_503_and_stores_nothing(settings, launch, db):
-    import dataclasses
-
-    from tracker.devservices.ports import free_port
-
-    port = free_port()
-    no_kafka = dataclasses.replace(
-        settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", api_port=port, api_url=f"http://127.0.0.1:{port}"
-    )
-    await launch.api(no_kafka)
-    async with aiohttp.ClientSession(base_url=no_kafka.api_url) as session:
+async def test_http_ingestion_without_kafka_answers_503_and_stores_nothing(settings, db):
+    # Nothing listens on that port: the API's producer cannot start.
+    no_kafka = dataclasses.replace(settings, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    with api_client(no_kafka) as client:
         doc = payload_tracker("never", "ingress", "received", datetime.now(UTC))
-        async with session.post("/v1/events", json=doc) as response:
-            assert response.status == 503
-            assert "retry" in (await response.json())["detail"]
+        response = client.post("/v1/events", json=doc)
+        assert response.status_code == 503, response.text
+        assert "retry" in response.json()["detail"]
     assert await db.fetchval("SELECT count(*) FROM events") == 0
