@@ -44,7 +44,7 @@ from typing import Any
 import asyncpg
 
 from consumer.deadletter import DeadLetter, record_dead_letters
-from tracker.db import Connection, use_fast_timestamps
+from tracker.db import Connection, PartitionAttached, use_fast_timestamps
 from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event
 
 _COLS = ", ".join(EVENT_COLUMNS)
@@ -519,6 +519,17 @@ async def write_batch(
 ) -> BatchResult:
     """Store ``events`` with the trace state and rollups they imply, and the batch's dead
     letters; one transaction."""
+    try:
+        return await _write_batch(conn, events, dead_letters)
+    except asyncpg.CheckViolationError as exc:
+        # Late events (older than the pre-created partitions) met their day's partition being
+        # created by another consumer's maintenance: see PartitionAttached. Nothing is stored.
+        if "partition constraint" not in str(exc):
+            raise
+        raise PartitionAttached(str(exc)) from exc
+
+
+async def _write_batch(conn: Connection, events: Sequence[Event], dead_letters: Sequence[DeadLetter]) -> BatchResult:
     arrived, unique = _unique_in_key_order(events)
     async with conn.transaction():
         # Keyed by their source position: other writers never hold those (another partition).

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -31,6 +31,7 @@ from tests.helpers.ingest import produce, wait_stored
 from tests.helpers.kafka import read_all, wait_all_committed
 from tracker.db import create_pool
 from tracker.devservices.ports import free_port
+from tracker.maintenance import PRECREATE_DAYS, create_partition, existing_partitions, partition_name
 
 
 async def scrape(port: int) -> dict[str, list]:
@@ -349,3 +350,42 @@ async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, 
         await consumer.stop()
         await producer.stop()
         await pool.close()
+
+
+async def test_a_late_event_that_meets_its_partition_being_created_is_stored_there_on_retry(
+    settings, launch, db, kafka_bootstrap
+):
+    """An event older than the pre-created partitions goes to events_default; if another
+    consumer's maintenance creates its day's partition meanwhile (tracker/maintenance.py locks
+    events_default, moves that day's rows, attaches the partition), PostgreSQL refuses the
+    write that was waiting on the lock ("violates partition constraint"). The consumer retries
+    the batch, which then lands in the new partition; before, it exited with that error.
+
+    The race is made certain: the test holds the maintenance's lock until the consumer waits on
+    it, then creates the partition in the same transaction."""
+    day = datetime.now(UTC).date() - timedelta(days=PRECREATE_DAYS + 100)  # kept, not pre-created
+    assert partition_name(day) not in await existing_partitions(db)
+    consumer = await launch.consumer(dataclasses.replace(settings, log_level="INFO"))
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE events_default IN SHARE ROW EXCLUSIVE MODE")
+        at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        await produce(
+            kafka_bootstrap, settings.topic, [(b"late", encode(payload_tracker("late", "svc", "received", at)))]
+        )
+        deadline = time.monotonic() + 30
+        while not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            assert consumer.alive and time.monotonic() < deadline, "the consumer never waited on the lock"
+            await asyncio.sleep(0.05)
+        await create_partition(blocker, day)
+        await held.commit()
+    finally:
+        await blocker.close()
+    await wait_stored(db, 1, process=consumer)
+    assert await db.fetchval("SELECT tableoid::regclass::text FROM events") == partition_name(day)
+    assert "PartitionAttached" in consumer.log(), "the write did not meet the partition being created"
+    assert consumer.alive

@@ -23,6 +23,8 @@ from tests.helpers.ingest import (
     workload,
 )
 from tests.helpers.kafka import read_all, wait_all_committed
+from tracker.devservices.ports import free_port
+from tracker.topics import ensure_topics
 
 
 async def test_kill_9_mid_ingest_loses_and_duplicates_nothing(settings, launch, db, kafka_bootstrap):
@@ -112,8 +114,6 @@ async def test_two_consumers_share_the_work_and_survive_one_being_killed(setting
     messages = workload(traces=3000, seed=17, prefix="pair")
     events = valid_events(messages)
     settings = dataclasses.replace(settings, batch_max_records=200, log_level="INFO")
-    from tracker.devservices.ports import free_port
-
     first = await launch.consumer(settings, name="first")
     second_settings = dataclasses.replace(settings, consumer_port=free_port())
     second = await launch.consumer(second_settings, name="second")
@@ -135,6 +135,56 @@ async def test_two_consumers_share_the_work_and_survive_one_being_killed(setting
     assert await assigned_partitions(second_settings.consumer_port) == 3
     await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group)
     await assert_exactly_once(db, events)
+
+
+async def test_three_consumers_on_six_partitions_one_joining_and_one_leaving_mid_ingest(
+    settings, launch, db, kafka_bootstrap
+):
+    """The group grows and shrinks while events flow: a third member joins (the partitions are
+    dealt out again, 2 each), then one leaves cleanly (SIGTERM: it finishes and commits its
+    batches in flight, and the two left take its partitions). Every event is stored once and
+    the derived state equals the from-scratch computation."""
+    topic = f"{settings.topic}.six"
+    await ensure_topics(kafka_bootstrap, [topic, f"{topic}.dlq"], partitions=6)
+    settings = dataclasses.replace(
+        settings, topic=topic, dlq_topic=f"{topic}.dlq", batch_max_records=200, log_level="INFO"
+    )
+    messages = workload(traces=4000, seed=31, prefix="three")
+    events = valid_events(messages)
+    total = len({e.event_id for e in events})
+    ports = [settings.consumer_port, free_port(), free_port()]
+    members = [dataclasses.replace(settings, consumer_port=port) for port in ports]
+
+    async def shares(which: list[int]) -> list[int]:
+        return [await assigned_partitions(ports[i]) for i in which]
+
+    async def wait_shares(which: list[int], expected: list[int]) -> None:
+        deadline = time.monotonic() + 60
+        while (now := await shares(which)) != expected:
+            assert time.monotonic() < deadline, f"members {which} hold {now} partitions, not {expected}"
+            await asyncio.sleep(0.2)
+
+    first = await launch.consumer(members[0], name="first")
+    second = await launch.consumer(members[1], name="second")
+    producing = asyncio.create_task(produce(kafka_bootstrap, topic, messages, rate=2000))
+    await wait_shares([0, 1], [3, 3])
+    await wait_stored(db, total // 10, process=first)
+
+    third = await launch.consumer(members[2], name="third")
+    await wait_shares([0, 1, 2], [2, 2, 2])
+    stored = await db.fetchval("SELECT count(*) FROM events")
+    assert stored < total, "the third member joined after the ingest was over"
+    await wait_stored(db, stored + total // 10, process=third)
+
+    assert second.terminate() == 0
+    await wait_shares([0, 2], [3, 3])
+    assert await db.fetchval("SELECT count(*) FROM events") < total, "the second member left after the ingest was over"
+
+    await producing
+    await wait_stored(db, total, timeout=180, process=third)
+    await wait_all_committed(kafka_bootstrap, topic, settings.consumer_group)
+    await assert_exactly_once(db, events)
+    assert first.alive and third.alive
 
 
 def malformed(rng: random.Random, valid: bytes) -> bytes | None:

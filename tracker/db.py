@@ -14,9 +14,18 @@ from tracker.settings import Settings
 # A connection of our own or one borrowed from a pool (a proxy with the same methods).
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+
+class PartitionAttached(Exception):
+    """A write met a day's partition being created (tracker/maintenance.py): rows it had routed
+    to events_default belong to the new partition now, and PostgreSQL refuses them there
+    ("violates partition constraint"). The same write in a new transaction routes them to the
+    new partition, so it is retried like an outage."""
+
+
 # Errors after which the same work may succeed if retried: the server went
 # away, restarted, or chose us as a deadlock/serialization victim.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    PartitionAttached,
     OSError,
     ConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
