@@ -81,9 +81,11 @@ DERIVE = [
               (array_agg(event_id ORDER BY ts, event_id) FILTER (WHERE status = 'success' OR failed))[1],
               (array_agg(failed ORDER BY ts, event_id) FILTER (WHERE status = 'success' OR failed))[1]
        FROM events GROUP BY trace_id, service""",
-    """INSERT INTO traces (trace_id, first_at, last_at, event_count, error_count, done, finish_at, finish_event_id,
-                           finish_failed, status, created_at, account, org_id, inventory_id, system_id, source)
-       SELECT trace_id, min(ts), max(ts), count(*), count(*) FILTER (WHERE failed), bool_or(trace_status = 'FINISHED'),
+    """INSERT INTO traces (trace_id, first_at, last_at, active_hour, event_count, error_count, done, finish_at,
+                           finish_event_id, finish_failed, status, created_at, account, org_id, inventory_id,
+                           system_id, source)
+       SELECT trace_id, min(ts), max(ts), date_trunc('hour', max(ts), 'UTC'), count(*), count(*) FILTER (WHERE failed),
+              bool_or(trace_status = 'FINISHED'),
               max(ts) FILTER (WHERE trace_status = 'FINISHED'),
               (array_agg(event_id ORDER BY ts DESC) FILTER (WHERE trace_status = 'FINISHED'))[1],
               bool_or(failed) FILTER (WHERE trace_status = 'FINISHED'),
@@ -143,6 +145,27 @@ async def load(url: str, traces: int) -> None:
         await conn.execute("UPDATE traces SET created_at = first_at")  # as if ingested live
     finally:
         await conn.close()
+
+
+def start_api(url: str, workers: int, state: Path) -> tuple[subprocess.Popen, str]:
+    """The API as deployed (``python -m tracker.api --workers N``), ready; and its base URL."""
+    port = free_port()
+    settings = Settings.from_env({}, database_url=url, api_port=port, log_level="WARNING")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "tracker.api", "--workers", str(workers)],
+        env=settings.child_environ(),
+        cwd=ROOT,
+        stdout=open(state / "api.log", "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            subprocess.run(["curl", "-sf", f"{base}/readyz"], check=True, capture_output=True)
+            break
+        except subprocess.CalledProcessError:
+            time.sleep(0.2)
+    return api, base
 
 
 def lua_paths(paths: list[str]) -> str:
@@ -294,22 +317,7 @@ def main() -> None:
         size = asyncio.run(prepare())
         print(f"  database size {size}", flush=True)
 
-        port = free_port()
-        settings = Settings.from_env({}, database_url=url, api_port=port, log_level="WARNING")
-        api = subprocess.Popen(
-            [sys.executable, "-m", "tracker.api"],
-            env=settings.child_environ(),
-            cwd=ROOT,
-            stdout=open(state / "api.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                subprocess.run(["curl", "-sf", f"{base}/readyz"], check=True, capture_output=True)
-                break
-            except subprocess.CalledProcessError:
-                time.sleep(0.2)
+        api, base = start_api(url, 1, state)
 
         rng = random.Random(7)
         ids = [f"trace-{rng.randrange(1, args.traces)}" for _ in range(2000)]
@@ -342,9 +350,12 @@ def main() -> None:
             "one API worker"
         )
         print(f"  {'endpoint':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  target")
+        r_lookup: dict = {}  # the trace lookup's figures, compared with 2 workers below
         for name, paths, latency_target, rps_target in cases:
             wrk(base, paths, 3, args.connections, state)  # warm-up, not counted: caches and pool
             r = wrk(base, paths, args.duration, args.connections, state)
+            if paths is cases[0][1]:
+                r_lookup = r
             verdicts = []
             if latency_target:
                 verdicts.append(f"{latency_target[0]}: {'met' if r['p99'] <= latency_target[1] else 'MISSED'}")
@@ -357,6 +368,22 @@ def main() -> None:
             )
         rss = rss_peak_bytes(api.pid)
         print(f"  API peak RSS: {rss / 2**20:.0f} MiB (target <= 200 MB: {'met' if rss <= 200e6 else 'MISSED'})")
+        api.terminate()
+        api.wait(30)
+
+        # The same lookup with two worker processes (tracker-api --workers 2), on the same 2 cores
+        # that wrk and PostgreSQL share.
+        api, base = start_api(url, 2, state)
+        lookup = cases[0][1]
+        wrk(base, lookup, 3, args.connections, state)
+        one = r_lookup
+        two = wrk(base, lookup, args.duration, args.connections, state)
+        print(f"\ntrace lookup by API workers (same run, same {args.connections} connections):")
+        for workers, r in ((1, one), (2, two)):
+            print(
+                f"  {workers} worker(s): {r['rps']:>8.0f} req/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
+                flush=True,
+            )
 
         print("\nbaseline, same data, queries issued directly (median of 30, ms):")
         for name, pt, ours in asyncio.run(baseline(url, args.traces)):

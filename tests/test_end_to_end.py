@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -263,3 +268,52 @@ async def test_cli_sends_an_event_and_reports_the_trace_status(settings, launch)
         timeout=60,
     )
     assert invalid.returncode == 2 and "missing_field" in invalid.stderr
+
+
+def _workers(pid: int) -> set[int]:
+    """The uvicorn workers of the API process ``pid``: its children that run the app (not
+    multiprocessing's resource tracker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return set()
+    found = set()
+    for child in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.add(child)
+    return found
+
+
+async def test_the_api_with_two_workers_answers_and_replaces_a_worker_that_dies(settings, launch):
+    """`python -m tracker.api --workers 2` (TRACKER_API_WORKERS): two worker processes share the
+    port; one killed outright is replaced and the API keeps answering meanwhile."""
+    api = await launch.api(dataclasses.replace(settings, api_workers=2))
+    assert api.proc is not None
+    deadline = time.monotonic() + 30
+    while len(workers := _workers(api.proc.pid)) != 2:
+        assert time.monotonic() < deadline, f"workers: {workers}"
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession(base_url=settings.api_url) as session:
+        for _ in range(20):
+            async with session.get("/v1/traces/no-such-trace") as response:
+                assert response.status == 404
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(now := _workers(api.proc.pid)) != 2 or killed in now:
+            assert time.monotonic() < deadline, f"the killed worker was not replaced: {now}"
+            async with session.get("/healthz") as response:
+                assert response.status == 200  # the other worker answers meanwhile
+            await asyncio.sleep(0.2)
+        async with session.get("/v1/traces/no-such-trace") as response:
+            assert response.status == 404
+    assert api.terminate() == 0
+    # SIGTERM to the supervisor stops its workers too: none is left serving the port.
+    for worker in now:
+        assert not Path(f"/proc/{worker}").exists() or b"Z" in Path(f"/proc/{worker}/stat").read_bytes().split()[2:3], (
+            f"worker {worker} outlived the API"
+        )

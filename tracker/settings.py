@@ -35,6 +35,7 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "api_host": ("TRACKER_API_HOST", "127.0.0.1"),
     "api_port": ("TRACKER_API_PORT", "8080"),
     "api_validate_responses": ("TRACKER_API_VALIDATE_RESPONSES", "false"),
+    "api_workers": ("TRACKER_API_WORKERS", "1"),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
@@ -92,6 +93,7 @@ class Settings:
     api_host: str
     api_port: int
     api_validate_responses: bool
+    api_workers: int
     consumer_host: str
     consumer_port: int
     db_pool_min: int

@@ -23,9 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api", help="the API's base URL (default: TRACKER_API_URL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser(
-        "up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)"
-    ).set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)")
+    up.add_argument(
+        "--consumers", type=int, help="consumer processes, one group (default: TRACKER_CONSUMER_PROCESSES, 1)"
+    )
+    up.add_argument("--api-workers", type=int, help="API worker processes (default: TRACKER_API_WORKERS, 1)")
+    up.set_defaults(func=cmd_up)
     sub.add_parser("migrate", help="apply the database migrations (a no-op when up to date)").set_defaults(
         func=cmd_migrate
     )

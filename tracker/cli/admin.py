@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 from tracker.settings import Settings, SettingsError
@@ -11,6 +12,13 @@ from tracker.settings import Settings, SettingsError
 def cmd_up(args, settings: Settings) -> int:
     from tracker.devservices.stack import up
 
+    for flag, value in (("--consumers", args.consumers), ("--api-workers", args.api_workers)):
+        if value is not None and value < 1:
+            raise SettingsError(f"{flag} must be at least 1, got {value}")
+    if args.consumers is not None:
+        settings = dataclasses.replace(settings, consumer_processes=args.consumers)
+    if args.api_workers is not None:
+        settings = dataclasses.replace(settings, api_workers=args.api_workers)
     return up(settings)
 
 
