@@ -64,9 +64,14 @@ def search_traces_sql(
             filters["service"],
         )
     if since is not None:
-        # active_hour (last_at's hour, indexed) finds the candidates; last_at is exact.
+        # active_hour (last_at's hour, indexed) finds the candidates; last_at is exact. Written as
+        # an expression, the exact test takes the planner's default estimate: as a plain column
+        # test it counted the same time window twice (active_hour is last_at an hour coarser),
+        # the planner expected ~14x too few matches, and for a failed status and a service over
+        # 24 h it bitmap-scanned and sorted every failed trace (38 ms) instead of walking the
+        # newest first and stopping at the page (1.5 ms; bench/query's data, 1,000,000 traces).
         where.add("t.active_hour >= {}", since.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
-        where.add("t.last_at >= {}", since)
+        where.add("t.last_at + interval '0 s' >= {}", since)
     if until is not None:
         where.add("t.first_at <= {}", until)
     if min_duration is not None:
