@@ -12,6 +12,8 @@ from tests.helpers.api import wait_for_trace
 from tests.helpers.factories import encode, payload_tracker
 from tests.helpers.ingest import produce, wait_stored
 from tests.helpers.kafka import read_all
+from tracker.cli import main
+from tracker.cli.exits import EXIT_USAGE
 from tracker.cli.render import printable
 
 
@@ -147,3 +149,10 @@ def test_send_with_a_body_that_is_not_json_exits_2_with_one_line(settings):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--body is not JSON" in result.stderr
+
+
+def test_up_refuses_fewer_than_one_consumer_or_api_worker(capsys):
+    # Refused before anything starts: no service, no process.
+    for flag in ("--consumers", "--api-workers"):
+        assert main(["up", flag, "0"]) == EXIT_USAGE
+        assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
