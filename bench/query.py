@@ -350,12 +350,11 @@ def main() -> None:
             "one API worker"
         )
         print(f"  {'endpoint':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  target")
-        r_lookup: dict = {}  # the trace lookup's figures, compared with 2 workers below
+        measured: dict[str, dict] = {}
         for name, paths, latency_target, rps_target in cases:
             wrk(base, paths, 3, args.connections, state)  # warm-up, not counted: caches and pool
             r = wrk(base, paths, args.duration, args.connections, state)
-            if paths is cases[0][1]:
-                r_lookup = r
+            measured[name] = r
             verdicts = []
             if latency_target:
                 verdicts.append(f"{latency_target[0]}: {'met' if r['p99'] <= latency_target[1] else 'MISSED'}")
@@ -376,7 +375,7 @@ def main() -> None:
         api, base = start_api(url, 2, state)
         lookup = cases[0][1]
         wrk(base, lookup, 3, args.connections, state)
-        one = r_lookup
+        one = measured[cases[0][0]]
         two = wrk(base, lookup, args.duration, args.connections, state)
         print(f"\ntrace lookup by API workers (same run, same {args.connections} connections):")
         for workers, r in ((1, one), (2, two)):

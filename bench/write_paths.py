@@ -29,34 +29,7 @@ EXECUTEMANY = (
     f"INSERT INTO events ({_COLS}) VALUES ({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS)))}) "
     "ON CONFLICT (event_id, ts) DO NOTHING"
 )
-_TYPES = [
-    "text",
-    "text",
-    "text",
-    "text",
-    "boolean",
-    "timestamptz",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "float8",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-]
+_TYPES = ["text"] * 4 + ["boolean", "timestamptz", "text", "timestamptz", "timestamptz", "float8"] + ["text"] * 16
 # text[][] cannot be unnested row-wise, so errors travel as a JSON text and are cast back.
 UNNEST = (
     f"INSERT INTO events ({_COLS}) SELECT "

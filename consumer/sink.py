@@ -235,7 +235,7 @@ class Sink:
         everything its slot gathered meanwhile and writes it as one transaction, then commits
         its offsets. So a batch is whatever arrived during the previous write, with no timer:
         a few dozen events at a steady 2,000 events/s, where an event waits for at most the
-        write in progress and its own (README: "Latency"), and the slot's cap under a backlog,
+        write in progress and its own (docs/decisions/010), and the slot's cap under a backlog,
         where large batches keep the cost per event low. Parsing overlaps the writes, so this
         core validates while PostgreSQL writes.
 

@@ -270,6 +270,15 @@ async def test_cli_sends_an_event_and_reports_the_trace_status(settings, launch)
     assert invalid.returncode == 2 and "missing_field" in invalid.stderr
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (state Z: exited, not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
 def _workers(pid: int) -> set[int]:
     """The uvicorn workers of the API process ``pid``: its children that run the app (not
     multiprocessing's resource tracker)."""
@@ -314,6 +323,4 @@ async def test_the_api_with_two_workers_answers_and_replaces_a_worker_that_dies(
     assert api.terminate() == 0
     # SIGTERM to the supervisor stops its workers too: none is left serving the port.
     for worker in now:
-        assert not Path(f"/proc/{worker}").exists() or b"Z" in Path(f"/proc/{worker}/stat").read_bytes().split()[2:3], (
-            f"worker {worker} outlived the API"
-        )
+        assert not _running(worker), f"worker {worker} outlived the API"
