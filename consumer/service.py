@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 
+import asyncpg
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -14,7 +15,7 @@ from consumer.health import health_app
 from consumer.metrics import ConsumerMetrics
 from consumer.sink import Sink
 from consumer.store import prepare_connection
-from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection
+from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection, keep_session
 from tracker.maintenance import run_maintenance
 from tracker.settings import Settings
 from tracker.topics import record_limit
@@ -27,7 +28,7 @@ async def _init_connection(conn) -> None:
     await prepare_connection(conn)
 
 
-async def maintain(settings: Settings, pool, stop: asyncio.Event) -> None:
+async def maintain(settings: Settings, stop: asyncio.Event) -> None:
     """Partitions ahead and retention, every maintenance interval, until stopped."""
     while not stop.is_set():
         try:
@@ -36,8 +37,7 @@ async def maintain(settings: Settings, pool, stop: asyncio.Event) -> None:
         except TimeoutError:
             pass
         try:
-            async with pool.acquire() as conn:
-                await run_maintenance(conn, retention_days=settings.retention_days)
+            await _maintenance_round(settings)
         except TRANSIENT_ERRORS as exc:
             # The next round will do it; ingestion has its own retries meanwhile.
             log.warning("maintenance skipped, database unavailable: %s", exc)
@@ -73,9 +73,20 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _prepare_partitions(settings: Settings, pool) -> None:
-    async with pool.acquire() as conn:
-        await run_maintenance(conn, retention_days=settings.retention_days, wait=True)
+async def _maintenance_round(settings: Settings, *, wait: bool = False) -> None:
+    """One round of maintenance on a session of its own, closed afterwards: the round holds a
+    session-level advisory lock, and the writers' pool does not reset sessions on the server
+    (tracker.db.keep_session), so a lock left behind by a round cut short must not live on in
+    a pooled connection and stop every other process's rounds."""
+    conn = await asyncpg.connect(settings.database_url, server_settings={"timezone": "UTC"})
+    try:
+        await run_maintenance(conn, retention_days=settings.retention_days, wait=wait)
+    finally:
+        await conn.close()
+
+
+async def _prepare_partitions(settings: Settings) -> None:
+    await _maintenance_round(settings, wait=True)
 
 
 async def _start_kafka(settings: Settings, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
@@ -131,10 +142,12 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     metrics = ConsumerMetrics(max_services=settings.metrics_max_services, max_statuses=settings.metrics_max_statuses)
-    # One connection per writer; at least one more serves maintenance and /readyz without waiting.
+    # One connection per writer; at least one more serves /readyz and the dead letters without
+    # waiting. Batches leave nothing in the session: no reset query on the server per batch.
     pool = await create_pool(
         settings,
         init=_init_connection,
+        reset=keep_session,
         min_size=1,
         max_size=max(settings.consumer_db_pool_max, settings.consumer_writers + 1),
     )
@@ -180,11 +193,11 @@ async def run(settings: Settings) -> None:
         # consumer is creating them (members of a group start together), wait for it. Joining
         # the group and starting the producer meanwhile saves their round trips at start.
         if not await _unless_stopped(
-            stop, _all(_prepare_partitions(settings, pool), _start_kafka(settings, producer, consumer))
+            stop, _all(_prepare_partitions(settings), _start_kafka(settings, producer, consumer))
         ):
             log.info("stopped while starting")
             return
-        tasks.append(asyncio.create_task(maintain(settings, pool, stop)))
+        tasks.append(asyncio.create_task(maintain(settings, stop)))
         log.info("consuming %s as group %s", settings.topic, settings.consumer_group)
         tasks.append(asyncio.create_task(sink.report_lag()))
         await sink.run()

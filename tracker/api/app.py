@@ -20,7 +20,7 @@ from connexion.validators import VALIDATOR_MAP
 from tracker.api.allow_header import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
-from tracker.db import TRANSIENT_ERRORS, create_pool
+from tracker.db import TRANSIENT_ERRORS, create_pool, keep_session
 from tracker.producer import EventPublisher
 from tracker.settings import Settings
 from tracker.spec import spec
@@ -53,22 +53,14 @@ class OrjsonModule:
         return orjson.loads(data)
 
 
-async def _keep_session(conn) -> None:
-    """The pool's reset: asyncpg's local clean-up (a transaction left open is rolled back) has
-    run already; nothing to ask the server."""
-
-
 def create_app(settings: Settings, *, validate_responses: bool = False) -> connexion.AsyncApp:
     metrics = ApiMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         # The pool lives as long as the server; handlers read it from request.state.
-        # No server-side reset on release: the API's queries leave nothing in the session (no
-        # SET, LISTEN, advisory lock or open cursor), and asyncpg's default reset is a query of
-        # its own after every request (RESET ALL, UNLISTEN *, ...): a round trip and PostgreSQL
-        # work per request, 5 % of the API's samples under bench/query's trace lookup.
-        pool = await create_pool(settings, reset=_keep_session)
+        # No server-side reset on release: the API's queries leave nothing in the session.
+        pool = await create_pool(settings, reset=keep_session)
         # For HTTP ingestion only; reads never need Kafka, and the API starts without it.
         producer = EventPublisher(settings) if settings.kafka_bootstrap_servers else None
         try:
