@@ -120,7 +120,8 @@ async def keep_session(conn: Connection) -> None:
     consumer batch (0.8 ms of a 17 ms write at a steady 2,000 events/s)."""
 
 
-async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:
+async def create_pool(settings: Settings, url: str | None = None, **kwargs) -> asyncpg.Pool:
+    """A pool on ``url`` (a read replica's), else on DATABASE_URL."""
     # UTC sessions: times that PostgreSQL renders itself (JSON documents) read like Python's.
     options = {
         "min_size": settings.db_pool_min,
@@ -128,4 +129,4 @@ async def create_pool(settings: Settings, **kwargs) -> asyncpg.Pool:
         "init": init_connection,
         "server_settings": {"timezone": "UTC"},
     }
-    return await asyncpg.create_pool(settings.database_url, **{**options, **kwargs})
+    return await asyncpg.create_pool(url or settings.database_url, **{**options, **kwargs})

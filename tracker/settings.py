@@ -18,6 +18,10 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     # field name: (environment variable, default)
     "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", None),
     "database_url": ("DATABASE_URL", None),
+    # Streaming replicas the API reads from, comma-separated (tracker/api/replicas.py).
+    "database_read_urls": ("DATABASE_READ_URLS", None),
+    "replica_max_lag_seconds": ("TRACKER_REPLICA_MAX_LAG", "10"),
+    "replica_check_seconds": ("TRACKER_REPLICA_CHECK_SECONDS", "1"),
     "topic": ("TRACKER_TOPIC", "tracker.events"),
     "dlq_topic": ("TRACKER_DLQ_TOPIC", "tracker.events.dlq"),
     "consumer_group": ("TRACKER_CONSUMER_GROUP", "tracker"),
@@ -76,6 +80,9 @@ def _parse(kind: str, var: str, raw: str | None) -> Any:
 class Settings:
     kafka_bootstrap_servers: str | None
     database_url: str | None
+    database_read_urls: str | None
+    replica_max_lag_seconds: float
+    replica_check_seconds: float
     topic: str
     dlq_topic: str
     consumer_group: str
@@ -131,11 +138,17 @@ class Settings:
             raise SettingsError(f"{' and '.join(missing)} must be set (or use bin/run, which starts local ones)")
         return self
 
+    @property
+    def read_urls(self) -> list[str]:
+        """DATABASE_READ_URLS as a list (empty: the API reads from DATABASE_URL)."""
+        return [u.strip() for u in (self.database_read_urls or "").split(",") if u.strip()]
+
     def masked(self) -> dict[str, Any]:
         """The settings as a dict for the start-up log, passwords hidden."""
         out = dataclasses.asdict(self)
-        if out["database_url"]:
-            out["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", out["database_url"])
+        for key in ("database_url", "database_read_urls"):
+            if out[key]:
+                out[key] = re.sub(r"(://[^:/@]+:)[^@,]*@", r"\1***@", out[key])
         return out
 
     def as_environ(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ from connexion.validators import VALIDATOR_MAP
 from tracker.api.allow_header import AllowHeaderMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
+from tracker.api.replicas import Reads, ReplicaHeaderMiddleware
 from tracker.db import TRANSIENT_ERRORS, create_pool, keep_session
 from tracker.producer import EventPublisher
 from tracker.settings import Settings
@@ -61,13 +62,25 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         # The pool lives as long as the server; handlers read it from request.state.
         # No server-side reset on release: the API's queries leave nothing in the session.
         pool = await create_pool(settings, reset=keep_session)
+        # Handlers read through ``reads``: the replicas of DATABASE_READ_URLS when set, with
+        # the primary behind them; else the primary's pool itself.
+        replicas = await Reads(settings, pool, metrics).start() if settings.read_urls else None
         # For HTTP ingestion only; reads never need Kafka, and the API starts without it.
         producer = EventPublisher(settings) if settings.kafka_bootstrap_servers else None
         try:
-            yield {"pool": pool, "metrics": metrics, "settings": settings, "producer": producer}
+            yield {
+                "pool": pool,
+                "reads": replicas or pool,
+                "replicas": replicas,
+                "metrics": metrics,
+                "settings": settings,
+                "producer": producer,
+            }
         finally:
             if producer is not None:
                 await producer.close()
+            if replicas is not None:
+                await replicas.close()
             await pool.close()
 
     # The spec declares no security scheme, so Connexion's security layer would only cost
@@ -92,6 +105,8 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         },
     )
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    if settings.read_urls:
+        app.add_middleware(ReplicaHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec_paths=spec()["paths"])
     for exc_type in TRANSIENT_ERRORS:
         app.add_error_handler(exc_type, database_unavailable)

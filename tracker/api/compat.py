@@ -49,7 +49,7 @@ async def payloads(
     **ranges,
 ):
     started = time.perf_counter()
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         count, rows = await q.payloads(
             conn,
             filters={"account": account, "org_id": org_id, "inventory_id": inventory_id, "system_id": system_id},
@@ -85,7 +85,7 @@ async def statuses(
     **ranges,
 ):
     started = time.perf_counter()
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         count, rows = await q.statuses(
             conn,
             filters={"service": service, "source": source, "status": status, "status_msg": status_msg},
@@ -125,7 +125,7 @@ def durations(rows) -> dict[str, str]:
 
 
 async def payload(request_id: str, sort_by="date", sort_dir="asc"):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.payload_statuses(conn, request_id, sort_by, sort_dir)
     if not rows:
         raise not_found(f"No status has been seen for request_id {request_id!r}.")
@@ -133,7 +133,7 @@ async def payload(request_id: str, sort_by="date", sort_dir="asc"):
 
 
 async def status_api_trace(trace_id: str):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.status_api_events(conn, trace_id)
     if not rows:
         raise not_found(f"No event has been seen for trace {trace_id!r}.")
@@ -191,7 +191,7 @@ async def status_api_from_path(path: str):
     decoded = decode_path(path)
     if decoded is None:
         raise not_found("No event carried that path: it decodes to bytes no path can hold (not UTF-8, or U+0000).")
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await lookup_path(conn, decoded)
     if not rows:
         raise not_found(f"No event carried the path {decoded!r}.")

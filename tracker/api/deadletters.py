@@ -38,6 +38,6 @@ def dead_letter_out(row) -> dict:
 async def list_dead_letters(reason=None, since=None, until=None, lookback=None, limit=50, cursor=None):
     start, end = params.window(since, until, lookback)
     position = after(cursor, numbered=True)
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.list_dead_letters(conn, reason=reason, since=start, until=end, after=position, limit=limit + 1)
     return page(rows, limit, lambda r: (r["received_at"], r["id"]), dead_letter_out)

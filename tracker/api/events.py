@@ -17,7 +17,7 @@ async def search_events(since=None, until=None, lookback=None, limit=50, cursor=
     start, end = params.window(since, until, lookback)
     filters = {name: query.get(name) for name in search.EVENT_FILTERS}
     position = after(cursor)
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await search.search_events(
             conn, filters=filters, since=start, until=end, after=position, limit=limit + 1, include_body=include_body
         )

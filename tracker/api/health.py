@@ -15,6 +15,8 @@ async def healthz():
 
 
 async def readyz():
+    """The primary answers; with DATABASE_READ_URLS, also which replicas serve reads and why
+    the others do not."""
     try:
         async with request.state.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
@@ -22,7 +24,11 @@ async def readyz():
         raise ProblemException(
             status=503, title="Service Unavailable", detail=f"The database does not answer: {type(exc).__name__}: {exc}"
         ) from None
-    return ok({"status": "ok"})
+    replicas = request.state.replicas
+    if replicas is None:
+        return ok({"status": "ok"})
+    # Ready whatever the replicas' state: the primary serves the reads they cannot.
+    return ok({"status": "ok", "replicas": replicas.status()})
 
 
 async def metrics():

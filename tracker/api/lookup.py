@@ -10,7 +10,7 @@ from tracker.queries import search
 
 
 async def lookup_path(path: str):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await search.lookup_path(conn, path)
     return ok(
         {

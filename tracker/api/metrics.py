@@ -7,6 +7,7 @@ import time
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     PlatformCollector,
@@ -38,6 +39,24 @@ class ApiMetrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        # Labelled by host:port from DATABASE_READ_URLS: bounded by the configuration.
+        self.replica_lag = Gauge(
+            "tracker_api_replica_lag_seconds",
+            "How far each read replica's replay is behind the primary, at the last check "
+            "(NaN: it did not answer or has replayed nothing).",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_in_use = Gauge(
+            "tracker_api_replica_in_use",
+            "1 when the replica serves reads, 0 when it is skipped (down, not a standby, lagging).",
+            ["replica"],
+            registry=r,
+        )
+
+    def observe_replica(self, name: str, lag_seconds: float | None, in_use: bool) -> None:
+        self.replica_lag.labels(name).set(float("nan") if lag_seconds is None else lag_seconds)
+        self.replica_in_use.labels(name).set(int(in_use))
 
 
 class MetricsMiddleware:

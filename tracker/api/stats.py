@@ -18,7 +18,7 @@ def _since(lookback: str) -> datetime:
 
 
 async def services(lookback: str = "24h"):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.services(conn, _since(lookback))
     return ok({"data": [dict(r) for r in rows]})
 
@@ -31,19 +31,19 @@ async def counts(lookback: str = "24h", bucket: str = "1h", service: str | None 
     buckets = (datetime.now(UTC) - since) / width
     if buckets > 10_000:
         raise bad_request(f"lookback / bucket gives {int(buckets)} buckets; at most 10000 are allowed")
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         document = await q.counts_document(conn, since, width, service)
     return ConnexionResponse(status_code=200, content_type="application/json", body=document)
 
 
 async def elapsed(lookback: str = "24h", service: str | None = None):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         data = await q.elapsed_percentiles(conn, _since(lookback), service)
     return ok({"data": data})
 
 
 async def success_rate(lookback: str = "24h"):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.services(conn, _since(lookback))
     data = [
         {

@@ -25,7 +25,7 @@ def _unknown(trace_id: str):
 
 
 async def get_trace(trace_id: str):
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         document = await q.fetch_trace_document(conn, trace_id)
     if document is None:
         raise _unknown(trace_id)
@@ -36,7 +36,7 @@ async def get_trace_events(
     trace_id: str, order: str = "asc", limit: int = 100, cursor: str | None = None, include_body: bool = True
 ):
     position = after(cursor)
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await q.fetch_events(
             conn, trace_id, descending=order == "desc", include_body=include_body, after=position, limit=limit + 1
         )
@@ -52,7 +52,7 @@ async def search_traces(
     start, end = params.window(since, until, lookback)
     filters = {name: query.get(name) for name in search.TRACE_FILTERS}
     position = after(cursor)
-    async with request.state.pool.acquire() as conn:
+    async with request.state.reads.acquire() as conn:
         rows = await search.search_traces(
             conn,
             filters=filters,

@@ -138,6 +138,41 @@ class LocalPostgres:
                 f"PostgreSQL did not start: {result.stdout}{result.stderr}\nlog tail:\n{tail(self.log_file)}"
             )
 
+    def standby(self, state_dir: Path) -> LocalPostgres:
+        """A streaming replica of this running cluster in ``state_dir``, started on a port of
+        its own: a base backup with ``pg_basebackup -R`` (which writes the standby's
+        connection to us), over the loopback replication connection that initdb's default
+        pg_hba.conf allows. For the tests of reads from replicas."""
+        replica = LocalPostgres(state_dir, durable=self.durable)
+        replica._prepare_dirs()
+        if not (replica.data_dir / "PG_VERSION").exists():
+            args = [
+                str(self._bindir / "pg_basebackup"),
+                "-D",
+                str(replica.data_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ]
+            if not self.durable:
+                args.append("--no-sync")
+            replica._run(*args)
+        replica.port = free_port()
+        replica._pg_ctl_start()
+        return replica
+
+    def start_again(self) -> None:
+        """Start a stopped server on the port it had."""
+        self._pg_ctl_start()
+
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
             self._run(
