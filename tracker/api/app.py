@@ -18,6 +18,7 @@ from connexion.middleware.security import SecurityMiddleware
 from connexion.validators import VALIDATOR_MAP
 
 from tracker.api.allow_header import AllowHeaderMiddleware
+from tracker.api.lean import TraceDocumentMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.api.replicas import Reads, ReplicaHeaderMiddleware
@@ -105,6 +106,8 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         },
     )
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    # The trace document without Connexion's per-request handler decoration (tracker/api/lean.py).
+    app.add_middleware(TraceDocumentMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     if settings.read_urls:
         app.add_middleware(ReplicaHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(AllowHeaderMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec_paths=spec()["paths"])
