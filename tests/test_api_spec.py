@@ -24,6 +24,7 @@ from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import create_database, drop_database
 from tracker.settings import Settings
+from tracker.tokens import create_token
 from tracker.topics import ensure_topics
 
 SPEC = Path(__file__).resolve().parents[1] / "swagger" / "openapi.yaml"
@@ -67,6 +68,9 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
         docs += pipeline_trace(f"spec-{i}", rng, fail=i % 4 == 0)
         docs.append({**status_api(f"spec-{i}", "copy", i % 3 != 0, datetime.now(UTC)), "s3_path": f"s3://b/{i % 7}"})
     await write_batch(conn, events_of(docs))
+    # Auth on, and every case sent with an admin token: schemathesis's ignored_auth check
+    # then also proves that each operation the spec protects refuses a request without one.
+    _, token = await create_token(conn, "schemathesis", ["admin"])
     await conn.close()
     port = free_port()
     topic = f"test.spec.{uuid.uuid4().hex[:8]}"
@@ -80,10 +84,11 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
         topic=topic,
         api_validate_responses=True,
         log_level="WARNING",
+        auth="on",
     )
     launcher = Launcher(tmp_path_factory.mktemp("spec"))
     process = await launcher.api(api_settings)
-    yield api_settings.api_url, process
+    yield api_settings.api_url, process, {"Authorization": f"Bearer {token}"}
     launcher.stop_all()
     await drop_database(postgres_admin_url, name)
 
@@ -96,7 +101,7 @@ async def spec_api(postgres_admin_url, template_database, tmp_path_factory, kafk
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_conforms_to_the_spec(case, spec_api):
-    base_url, process = spec_api
+    base_url, process, headers = spec_api
     # Every check, positive_data_acceptance included: whatever the document says is valid
     # the server accepts, so a client generated from it sends only what the server takes.
     # The coverage phase does not run filter hooks: its combinations that break a rule
@@ -105,7 +110,7 @@ def test_every_operation_conforms_to_the_spec(case, spec_api):
         [positive_data_acceptance] if breaks_a_rule_stated_in_words(case.operation.path, case.query or {}) else []
     )
     try:
-        case.call_and_validate(base_url=base_url, excluded_checks=excluded)
+        case.call_and_validate(base_url=base_url, headers=headers, excluded_checks=excluded)
     except Exception:
         print("API log tail:\n" + process.log()[-3000:])
         raise

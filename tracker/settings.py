@@ -40,6 +40,11 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "api_port": ("TRACKER_API_PORT", "8080"),
     "api_validate_responses": ("TRACKER_API_VALIDATE_RESPONSES", "false"),
     "api_workers": ("TRACKER_API_WORKERS", "1"),
+    # Bearer tokens on the API (tracker/api/auth.py), and how long a token's record is cached.
+    "auth": ("TRACKER_AUTH", "off"),
+    "auth_cache_seconds": ("TRACKER_AUTH_CACHE_SECONDS", "5"),
+    # The CLI's token for the API.
+    "api_token": ("TRACKER_API_TOKEN", None),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
@@ -101,6 +106,9 @@ class Settings:
     api_port: int
     api_validate_responses: bool
     api_workers: int
+    auth: str
+    auth_cache_seconds: float
+    api_token: str | None
     consumer_host: str
     consumer_port: int
     db_pool_min: int
@@ -143,9 +151,18 @@ class Settings:
         """DATABASE_READ_URLS as a list (empty: the API reads from DATABASE_URL)."""
         return [u.strip() for u in (self.database_read_urls or "").split(",") if u.strip()]
 
+    @property
+    def auth_enabled(self) -> bool:
+        """TRACKER_AUTH: on or off (nothing else, so that a typo cannot leave the API open)."""
+        if self.auth not in ("on", "off"):
+            raise SettingsError(f"TRACKER_AUTH must be on or off, got {self.auth!r}")
+        return self.auth == "on"
+
     def masked(self) -> dict[str, Any]:
-        """The settings as a dict for the start-up log, passwords hidden."""
+        """The settings as a dict for the start-up log, passwords and tokens hidden."""
         out = dataclasses.asdict(self)
+        if out["api_token"]:
+            out["api_token"] = "***"
         for key in ("database_url", "database_read_urls"):
             if out[key]:
                 out[key] = re.sub(r"(://[^:/@]+:)[^@,]*@", r"\1***@", out[key])

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(settings, api_workers=args.workers)
         if not settings.database_url:
             raise SettingsError("DATABASE_URL must be set (or use bin/run, which starts a local PostgreSQL)")
+        settings.auth_enabled  # noqa: B018 -- refuses a TRACKER_AUTH that is neither on nor off
     except SettingsError as exc:
         print(f"tracker-api: {exc}", file=sys.stderr)
         return 2

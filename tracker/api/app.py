@@ -18,6 +18,7 @@ from connexion.middleware.security import SecurityMiddleware
 from connexion.validators import VALIDATOR_MAP
 
 from tracker.api.allow_header import AllowHeaderMiddleware
+from tracker.api.auth import AuthMiddleware
 from tracker.api.lean import TraceDocumentMiddleware
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
@@ -106,6 +107,14 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         },
     )
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    if settings.auth_enabled:
+        app.add_middleware(
+            AuthMiddleware,
+            position=MiddlewarePosition.BEFORE_VALIDATION,
+            spec=spec(),
+            cache_seconds=settings.auth_cache_seconds,
+            metrics=metrics,
+        )
     # The trace document without Connexion's per-request handler decoration (tracker/api/lean.py).
     app.add_middleware(TraceDocumentMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     if settings.read_urls:

@@ -39,6 +39,13 @@ class ApiMetrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.auth_refused = Counter(
+            "tracker_api_auth_refused_total",
+            "Requests refused by authentication (TRACKER_AUTH=on), by reason: missing, malformed, "
+            "unknown, revoked, expired (401) and scope (403).",
+            ["reason"],
+            registry=r,
+        )
         # Labelled by host:port from DATABASE_READ_URLS: bounded by the configuration.
         self.replica_lag = Gauge(
             "tracker_api_replica_lag_seconds",

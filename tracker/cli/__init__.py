@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tracker.cli import tokens
 from tracker.cli.admin import cmd_migrate, cmd_retention, cmd_topics, cmd_up
 from tracker.cli.exits import EXIT_USAGE
 from tracker.cli.reading import SEARCH_FILTERS, cmd_search, cmd_services, cmd_stats, cmd_status
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tracker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--api", help="the API's base URL (default: TRACKER_API_URL)")
+    parser.add_argument("--token", help="the API's bearer token (default: TRACKER_API_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the consumer and the API (starting local Kafka/PostgreSQL if none is set)")
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--lookback", default="24h")
     stats.add_argument("--format", choices=["table", "json"], default="table")
     stats.set_defaults(func=cmd_stats)
+    tokens.add_parser(sub)
     return parser
 
 
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         args.api = getattr(args, "api", None) or settings.api_url
+        args.token = getattr(args, "token", None) or settings.api_token
         setup_logging(settings.log_level if args.command == "up" else "WARNING")
         return args.func(args, settings)
     except SettingsError as exc:

@@ -20,6 +20,8 @@ async def get(session, api: str, path: str, params: dict | None = None):
     params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in (params or {}).items() if v is not None}
     async with session.get(f"{api.rstrip('/')}{path}", params=params) as response:
         body = await response.json(content_type=None)
+        if response.status in (401, 403):
+            raise ApiError(EXIT_FAILED, f"the API refused the request ({response.status}): {body.get('detail', body)}")
         if response.status == 404:
             raise ApiError(EXIT_NOT_FOUND, body.get("detail", "not found"))
         if response.status != 200:
@@ -32,7 +34,9 @@ def run_api(args, work) -> int:
     import aiohttp
 
     async def main():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        token = getattr(args, "token", None)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers) as session:
             return await work(session)
 
     try:

@@ -1,0 +1,166 @@
+"""Bearer tokens (TRACKER_AUTH=on): every route of the spec against every kind of credential,
+the `tracker tokens` command, and no token in a log line or a metric."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.helpers.api import api_client
+from tracker.cli import main as cli
+from tracker.settings import Settings
+from tracker.spec import spec
+from tracker.tokens import create_token, revoke_token
+
+OPEN = {"tracker.api.health.healthz", "tracker.api.health.readyz", "tracker.api.health.metrics"}
+WRITE = {"tracker.api.traces.post_trace", "tracker.api.events.post_event"}
+ADMIN = {
+    "tracker.api.deadletters.list_dead_letters",
+    "tracker.api.stats.services",
+    "tracker.api.stats.counts",
+    "tracker.api.stats.elapsed",
+    "tracker.api.stats.success_rate",
+}
+
+
+def operations() -> list[tuple[str, str, str]]:
+    """(operationId, method, a URL for it): every operation of the spec, its path parameters
+    filled and its required query parameters given."""
+    out = []
+    for template, item in spec()["paths"].items():
+        for method, operation in item.items():
+            path = template
+            query = []
+            for parameter in operation.get("parameters", []):
+                if "$ref" in parameter:
+                    continue  # shared parameters: none of them is required
+                if parameter["in"] == "path":
+                    path = path.replace("{" + parameter["name"] + "}", "some-id")
+                elif parameter.get("required"):
+                    query.append(f"{parameter['name']}=some-value")
+            out.append((operation["operationId"], method, path + ("?" + "&".join(query) if query else "")))
+    return out
+
+
+def needed(operation_id: str) -> str | None:
+    return (
+        None
+        if operation_id in OPEN
+        else "write"
+        if operation_id in WRITE
+        else "admin"
+        if operation_id in ADMIN
+        else "read"
+    )
+
+
+@pytest.fixture
+def auth_settings(settings: Settings) -> Settings:
+    # No cache: a revocation shows at once (it is bounded by TRACKER_AUTH_CACHE_SECONDS otherwise).
+    return dataclasses.replace(settings, auth="on", auth_cache_seconds=0)
+
+
+@pytest.fixture
+async def tokens(db) -> dict[str, str]:
+    made = {}
+    for scope in ("read", "write", "admin"):
+        _, made[scope] = await create_token(db, f"test {scope}", [scope])
+    _, made["expired"] = await create_token(db, "expired", ["admin"], datetime.now(UTC) - timedelta(seconds=1))
+    revoked_id, made["revoked"] = await create_token(db, "revoked", ["admin"])
+    assert await revoke_token(db, revoked_id)
+    made["unknown"] = "trk_" + "x" * 43
+    return made
+
+
+def test_the_matrix_covers_every_operation_of_the_spec():
+    ids = {operation_id for operation_id, _, _ in operations()}
+    assert OPEN | WRITE | ADMIN <= ids and len(ids) == 20
+    declared = {op["operationId"]: op.get("x-scope") for item in spec()["paths"].values() for op in item.values()}
+    assert {i for i, s in declared.items() if s == "write"} == WRITE
+    assert {i for i, s in declared.items() if s == "admin"} == ADMIN
+
+
+async def test_every_route_answers_each_kind_of_credential_as_its_scope_says(auth_settings, tokens):
+    kinds = {
+        "none": None,
+        "malformed": "Basic dXNlcjpwYXNz",
+        "empty bearer": "Bearer ",
+        "unknown": f"Bearer {tokens['unknown']}",
+        "expired": f"Bearer {tokens['expired']}",
+        "revoked": f"Bearer {tokens['revoked']}",
+        "read": f"Bearer {tokens['read']}",
+        "write": f"Bearer {tokens['write']}",
+        "admin": f"Bearer {tokens['admin']}",
+    }
+    wrong = []
+    with api_client(auth_settings) as client:
+        for operation_id, method, url in operations():
+            scope = needed(operation_id)
+            for kind, header in kinds.items():
+                headers = {"Authorization": header} if header else {}
+                body: dict | None = {} if method == "post" else None
+                answer = client.request(method.upper(), url, headers=headers, json=body)
+                if scope is None:
+                    expected: str | int = "not refused"
+                elif kind in ("read", "write", "admin"):
+                    expected = "not refused" if kind in (scope, "admin") else 403
+                else:
+                    expected = 401
+                got = answer.status_code
+                ok = got not in (401, 403) and got < 500 if expected == "not refused" else got == expected
+                if expected == 401:
+                    ok = ok and answer.headers.get("WWW-Authenticate", "").startswith('Bearer realm="tracker"')
+                if expected in (401, 403):
+                    ok = ok and answer.headers["Content-Type"] == "application/problem+json"
+                    ok = ok and "some-id" not in answer.text  # a refusal says nothing about the data
+                if not ok:
+                    wrong.append((operation_id, kind, expected, got, answer.text[:200]))
+    assert wrong == []
+
+
+async def test_a_revoked_token_is_refused_from_then_on(auth_settings, db):
+    token_id, token = await create_token(db, "soon revoked", ["read"])
+    with api_client(auth_settings) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.get("/v1/traces/unknown-trace", headers=headers).status_code == 404
+        await revoke_token(db, token_id)
+        assert client.get("/v1/traces/unknown-trace", headers=headers).status_code == 401
+    assert await db.fetchval("SELECT last_used_at IS NOT NULL FROM api_tokens WHERE id = $1", token_id)
+
+
+async def test_no_token_reaches_a_log_line_or_a_metric(auth_settings, tokens, caplog):
+    caplog.set_level(logging.DEBUG)
+    with api_client(auth_settings) as client:
+        for token in tokens.values():
+            client.get("/v1/traces/some-id", headers={"Authorization": f"Bearer {token}"})
+            client.get("/v1/stats/counts", headers={"Authorization": f"Bearer {token}"})
+        metrics = client.get("/metrics").text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    # read on the rollups, write on the trace and on the rollups
+    assert 'tracker_api_auth_refused_total{reason="scope"} 3.0' in metrics
+    for token in tokens.values():
+        assert token not in logged and token not in metrics
+
+
+def test_tokens_are_created_listed_and_revoked_from_the_command_line(database_url, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert cli(["tokens", "create", "--name", "ci", "--scope", "read", "--scope", "write", "--expires-in", "30d"]) == 0
+    created = capsys.readouterr().out
+    token = created.rsplit(" ", 1)[1].strip()
+    assert token.startswith("trk_") and len(token) == 47
+    assert cli(["tokens", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert '"name": "ci"' in listed and token[:10] in listed and token not in listed
+    assert cli(["tokens", "revoke", "1"]) == 0
+    assert cli(["tokens", "revoke", "1"]) == 1  # already revoked
+    assert cli(["tokens", "create", "--name", "x", "--scope", "read", "--expires-in", "soon"]) == 2
+
+
+def test_an_auth_setting_other_than_on_or_off_is_refused(settings):
+    from tracker.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="TRACKER_AUTH must be on or off"):
+        assert dataclasses.replace(settings, auth="yes").auth_enabled

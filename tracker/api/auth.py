@@ -1,0 +1,104 @@
+"""Bearer tokens on every route the spec does not open (TRACKER_AUTH=on).
+
+Connexion's own security layer is left out of the stack (tracker/api/app.py); this middleware
+takes its place, after routing and before request validation, so that a caller without a
+valid token learns nothing from validation errors. What an operation needs comes from the
+spec: ``security: []`` opens it, ``x-scope`` names the scope it needs (``read`` when absent).
+
+A token's record is cached for TRACKER_AUTH_CACHE_SECONDS (a lookup by digest on the primary,
+which also marks its last use): a revocation or an expiry takes effect within that time in
+every API process. Unknown tokens are cached too, in a bounded map, so that a flood of made-up
+tokens costs the database at most one lookup per token per period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from connexion.exceptions import ProblemException
+
+from tracker.tokens import TokenInfo, find_token
+
+log = logging.getLogger("tracker.api.auth")
+
+_MAX_CACHED = 10_000
+
+
+def required_scopes(spec: dict) -> dict[str, str | None]:
+    """operationId -> the scope it needs, or None when the spec opens it."""
+    default_open = spec.get("security") == []
+    out: dict[str, str | None] = {}
+    for item in spec["paths"].values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            security = operation.get("security")
+            is_open = security == [] if security is not None else default_open
+            out[operation["operationId"]] = None if is_open else operation.get("x-scope", "read")
+    return out
+
+
+def _unauthorized(detail: str, error: str | None = None) -> ProblemException:
+    challenge = 'Bearer realm="tracker"' + (f', error="{error}"' if error else "")
+    return ProblemException(status=401, title="Unauthorized", detail=detail, headers={"WWW-Authenticate": challenge})
+
+
+class AuthMiddleware:
+    def __init__(self, app, spec: dict, cache_seconds: float, metrics) -> None:
+        self.app = app
+        self.scopes = required_scopes(spec)
+        self.cache_seconds = cache_seconds
+        self.metrics = metrics
+        self._cache: dict[str, tuple[TokenInfo | None, float]] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            operation_id = scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id")
+            needed = self.scopes.get(operation_id) if operation_id else None
+            if needed is not None:
+                await self._check(scope, needed)
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope, needed: str) -> None:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None:
+            self._refused("missing")
+            raise _unauthorized("This route needs a bearer token: send 'Authorization: Bearer <token>'.")
+        kind, _, token = header.decode("latin-1").partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            self._refused("malformed")
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
+        info = await self._lookup(scope, token)
+        # The same answer for an unknown, a revoked and an expired token: which of them it is
+        # is for the token's owner to find in `tracker tokens list`, not for whoever holds it.
+        if info is None or info.revoked or (info.expires_at is not None and info.expires_at <= datetime.now(UTC)):
+            reason = "unknown" if info is None else "revoked" if info.revoked else "expired"
+            self._refused(reason)
+            raise _unauthorized("The bearer token is unknown, revoked or expired.", error="invalid_token")
+        if not info.allows(needed):
+            self._refused("scope")
+            raise ProblemException(
+                status=403,
+                title="Forbidden",
+                detail=f"This route needs a token with the {needed!r} scope; this token has "
+                f"{', '.join(sorted(info.scopes))}.",
+            )
+
+    async def _lookup(self, scope, token: str) -> TokenInfo | None:
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and now - cached[1] < self.cache_seconds:
+            return cached[0]
+        async with scope["state"]["pool"].acquire() as conn:
+            info = await find_token(conn, token)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[token] = (info, now)
+        return info
+
+    def _refused(self, reason: str) -> None:
+        # Bounded label values; never the token, nor its name.
+        self.metrics.auth_refused.labels(reason).inc()

@@ -1,0 +1,81 @@
+"""API tokens: issued, listed and revoked by `tracker tokens`, checked by the API (tracker/api/auth.py).
+
+A token is ``trk_`` and 43 characters of ``secrets.token_urlsafe(32)`` (256 random bits). It
+is shown once, at creation; the database keeps its SHA-256 digest and its first characters.
+Scopes: ``read`` (every trace and event route), ``write`` (publishing over HTTP), ``admin``
+(everything, including the platform-wide rollups and the dead letters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from tracker.db import Connection
+
+SCOPES = ("read", "write", "admin")
+PREFIX = "trk_"
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    name: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    revoked: bool
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+async def create_token(
+    conn: Connection, name: str, scopes: list[str], expires_at: datetime | None = None
+) -> tuple[int, str]:
+    """(id, token): the token itself exists only in this return value."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+    token = PREFIX + secrets.token_urlsafe(32)
+    token_id = await conn.fetchval(
+        "INSERT INTO api_tokens (name, digest, prefix, scopes, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        name,
+        digest(token),
+        token[: len(PREFIX) + 6],
+        sorted(set(scopes)),
+        expires_at,
+    )
+    return token_id, token
+
+
+async def list_tokens(conn: Connection) -> list[dict]:
+    rows = await conn.fetch(
+        "SELECT id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at FROM api_tokens ORDER BY id"
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_token(conn: Connection, token_id: int) -> bool:
+    """True when a token that was not revoked yet is revoked now."""
+    status = await conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id
+    )
+    return status == "UPDATE 1"
+
+
+async def find_token(conn: Connection, token: str) -> TokenInfo | None:
+    """The token's record by its digest (None: no such token); marks its use."""
+    row = await conn.fetchrow(
+        "UPDATE api_tokens SET last_used_at = now() WHERE digest = $1 "
+        "RETURNING id, name, scopes, expires_at, revoked_at IS NOT NULL AS revoked",
+        digest(token),
+    )
+    if row is None:
+        return None
+    return TokenInfo(row["id"], row["name"], frozenset(row["scopes"]), row["expires_at"], row["revoked"])
