@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from tracker.cli import tokens
-from tracker.cli.admin import cmd_migrate, cmd_retention, cmd_topics, cmd_up
+from tracker.cli.admin import cmd_grant_reader, cmd_migrate, cmd_retention, cmd_topics, cmd_up
 from tracker.cli.exits import EXIT_USAGE
 from tracker.cli.reading import SEARCH_FILTERS, cmd_search, cmd_services, cmd_stats, cmd_status
 from tracker.cli.sending import cmd_send
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--format", choices=["table", "json"], default="table")
     stats.set_defaults(func=cmd_stats)
     tokens.add_parser(sub)
+    reader = sub.add_parser(
+        "grant-reader", help="let an existing PostgreSQL role read this database, as the API needs, and no more"
+    )
+    reader.add_argument("role")
+    reader.set_defaults(func=cmd_grant_reader)
     return parser
 
 

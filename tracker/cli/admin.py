@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sys
 
+from tracker.cli.exits import EXIT_USAGE
 from tracker.settings import Settings, SettingsError
 
 
@@ -29,6 +31,30 @@ def cmd_migrate(args, settings: Settings) -> int:
         raise SettingsError("DATABASE_URL must be set")
     applied = asyncio.run(migrate(settings.database_url))
     print("applied: " + ", ".join(applied) if applied else "up to date")
+    return 0
+
+
+def cmd_grant_reader(args, settings: Settings) -> int:
+    import asyncpg
+
+    from tracker.roles import grant_reader
+
+    if not settings.database_url:
+        raise SettingsError("DATABASE_URL must be set (as the schema's owner, the role migrations run as)")
+
+    async def go():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await grant_reader(conn, args.role)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(go())
+    except ValueError as exc:
+        print(f"tracker grant-reader: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.role} may now read this database and mark tokens' last use; give the API its DATABASE_URL")
     return 0
 
 
