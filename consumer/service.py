@@ -7,7 +7,6 @@ import gc
 import logging
 import signal
 
-import asyncpg
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -16,7 +15,7 @@ from consumer.metrics import ConsumerMetrics
 from consumer.sink import Sink
 from consumer.store import prepare_connection
 from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection, keep_session
-from tracker.maintenance import run_maintenance
+from tracker.maintenance import maintenance_round
 from tracker.settings import Settings
 from tracker.topics import record_limit
 
@@ -37,7 +36,7 @@ async def maintain(settings: Settings, stop: asyncio.Event) -> None:
         except TimeoutError:
             pass
         try:
-            await _maintenance_round(settings)
+            await maintenance_round(settings)
         except TRANSIENT_ERRORS as exc:
             # The next round will do it; ingestion has its own retries meanwhile.
             log.warning("maintenance skipped, database unavailable: %s", exc)
@@ -73,20 +72,8 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _maintenance_round(settings: Settings, *, wait: bool = False) -> None:
-    """One round of maintenance on a session of its own, closed afterwards: the round holds a
-    session-level advisory lock, and the writers' pool does not reset sessions on the server
-    (tracker.db.keep_session), so a lock left behind by a round cut short must not live on in
-    a pooled connection and stop every other process's rounds."""
-    conn = await asyncpg.connect(settings.database_url, server_settings={"timezone": "UTC"})
-    try:
-        await run_maintenance(conn, retention_days=settings.retention_days, wait=wait)
-    finally:
-        await conn.close()
-
-
 async def _prepare_partitions(settings: Settings) -> None:
-    await _maintenance_round(settings, wait=True)
+    await maintenance_round(settings, wait=True)
 
 
 async def _start_kafka(settings: Settings, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:

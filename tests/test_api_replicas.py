@@ -3,9 +3,7 @@ it, saying how old they are, and from the primary while it is down or lagging.""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -15,6 +13,7 @@ import pytest
 from consumer.store import prepare_connection, write_batch
 from tests.helpers.api import api_client
 from tests.helpers.factories import BASE, events_of, payload_tracker
+from tests.helpers.ingest import wait_until
 from tracker.api.replicas import REPLAY_TIME_HEADER
 from tracker.devservices.postgres import database_url as url_on
 from tracker.settings import Settings
@@ -54,16 +53,6 @@ async def write(database_url: str, trace_id: str) -> None:
         await conn.close()
 
 
-async def until(check, timeout: float = 30):
-    """Poll ``check`` (a blocking call: the test client's) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s")
-
-
 async def replay(standby, name: str, action: str) -> None:
     conn = await asyncpg.connect(url_on(standby.url, name))
     try:
@@ -76,7 +65,9 @@ async def test_reads_are_served_by_the_replica_and_say_how_old_they_are(standby,
     name = database_url.rsplit("/", 1)[1]
     await write(database_url, "first")
     with api_client(read_settings) as client:
-        first = await until(lambda: (r := client.get("/v1/traces/first")).status_code == 200 and r)
+        first = await wait_until(
+            lambda: (r := client.get("/v1/traces/first")).status_code == 200 and r, "trace first on the replica", 30
+        )
         assert REPLAY_TIME_HEADER in first.headers
         # With replay paused, a trace written on the primary is not on the replica: a 404 now
         # shows that the replica answers, and its replay time is before the write.
@@ -93,8 +84,10 @@ async def test_reads_are_served_by_the_replica_and_say_how_old_they_are(standby,
             await replay(standby, name, "resume")
         # Replay resumed: the trace is there, and once a check has seen the replica catch up,
         # the replay time says so (until then it is the older, still true, lower bound).
-        await until(lambda: client.get("/v1/traces/second").status_code == 200)
-        await until(lambda: replay_time(client.get("/v1/traces/second")) > written)
+        await wait_until(lambda: client.get("/v1/traces/second").status_code == 200, "trace second after resume", 30)
+        await wait_until(
+            lambda: replay_time(client.get("/v1/traces/second")) > written, "a replay time after the write", 30
+        )
 
 
 def replay_time(answer) -> datetime:
@@ -106,12 +99,16 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(standby, databas
     settings = dataclasses.replace(read_settings, replica_max_lag_seconds=1)
     await write(database_url, "before")
     with api_client(settings) as client:
-        await until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/before").headers)
+        await wait_until(
+            lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/before").headers, "reads from the replica", 30
+        )
         await replay(standby, name, "pause")
         try:
             await write(database_url, "during")
             # Over the lag bound, reads go to the primary: the new trace, and no replay time.
-            answer = await until(lambda: (r := client.get("/v1/traces/during")).status_code == 200 and r)
+            answer = await wait_until(
+                lambda: (r := client.get("/v1/traces/during")).status_code == 200 and r, "reads from the primary", 30
+            )
             assert REPLAY_TIME_HEADER not in answer.headers
             (replica,) = client.get("/readyz").json()["replicas"]
             assert not replica["in_use"] and "TRACKER_REPLICA_MAX_LAG" in replica["reason"]
@@ -120,14 +117,16 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(standby, databas
             assert f'tracker_api_replica_in_use{{replica="{standby_name(standby)}"}} 0.0' in metrics
         finally:
             await replay(standby, name, "resume")
-        await until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/during").headers)
+        await wait_until(
+            lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/during").headers, "the replica used again", 30
+        )
         assert client.get("/readyz").json()["replicas"][0]["in_use"]
 
 
 async def test_a_stopped_replica_is_skipped_and_used_again_when_it_is_back(standby, database_url, read_settings):
     await write(database_url, "t")
     with api_client(read_settings) as client:
-        await until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/t").headers)
+        await wait_until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/t").headers, "reads from the replica", 30)
         standby.stop()
         try:
             # At once, before any check has seen it go: the connection it refuses sends the
@@ -139,7 +138,7 @@ async def test_a_stopped_replica_is_skipped_and_used_again_when_it_is_back(stand
             assert not replica["in_use"] and replica["reason"]
         finally:
             standby.start_again()
-        await until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/t").headers)
+        await wait_until(lambda: REPLAY_TIME_HEADER in client.get("/v1/traces/t").headers, "reads from the replica", 30)
         assert client.get("/readyz").json()["replicas"][0]["in_use"]
 
 

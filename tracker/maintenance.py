@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from tracker.db import Connection
+from tracker.settings import Settings
 
 log = logging.getLogger("tracker.maintenance")
 
@@ -81,6 +82,20 @@ async def create_partition(conn: Connection, day: date) -> None:
         )
     if moved != "INSERT 0 0":
         log.info("created partition %s (%s rows moved from events_default)", name, moved.split()[-1])
+
+
+async def maintenance_round(settings: Settings, *, wait: bool = False) -> MaintenanceResult:
+    """One round on a session of its own, closed afterwards: the round holds a session-level
+    advisory lock, and the consumer's writers' pool does not reset sessions on the server
+    (tracker.db.keep_session), so a lock left by a round cut short must not live on in a pooled
+    connection and make every other process's rounds skip."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url, server_settings={"timezone": "UTC"})
+    try:
+        return await run_maintenance(conn, retention_days=settings.retention_days, wait=wait)
+    finally:
+        await conn.close()
 
 
 async def run_maintenance(

@@ -56,16 +56,17 @@ async def produce(bootstrap: str, topic: str, messages, rate: float | None = Non
         await producer.stop()
 
 
-async def wait_until(condition, what: str, timeout: float = 60, process=None) -> None:
-    """Poll ``condition()`` (sync) until true; fail loudly with ``what`` after ``timeout`` s or
-    when ``process`` dies meanwhile."""
+async def wait_until(condition, what: str, timeout: float = 60, process=None):
+    """Poll ``condition()`` (sync) until it returns something true, and return that; fail loudly
+    with ``what`` after ``timeout`` s or when ``process`` dies meanwhile."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (result := condition()):
         if process is not None and not process.alive:
             raise AssertionError(f"the consumer died waiting for {what}:\n{process.log()[-5000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"not seen within {timeout}s: {what}")
         await asyncio.sleep(0.1)
+    return result
 
 
 async def wait_stored(db, count: int, timeout: float = 120, process=None) -> None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from connexion.exceptions import ProblemException
 
+from tracker.api.routing import operation_id
 from tracker.tokens import TokenInfo, find_token
 
 log = logging.getLogger("tracker.api.auth")
@@ -55,8 +56,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            operation_id = scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id")
-            needed = self.scopes.get(operation_id) if operation_id else None
+            routed = operation_id(scope)
+            needed = self.scopes.get(routed) if routed else None
             if needed is not None:
                 await self._check(scope, needed)
         await self.app(scope, receive, send)

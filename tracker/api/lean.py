@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from tracker.api.routing import operation_id
 from tracker.queries.traces import fetch_trace_document
 
 GET_TRACE = "tracker.api.traces.get_trace"
@@ -28,8 +29,7 @@ class TraceDocumentMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            routing = scope.get("extensions", {}).get("connexion_routing", {})
-            if routing.get("operation_id") == GET_TRACE:
+            if operation_id(scope) == GET_TRACE:
                 # The lifespan's state (tracker.api.app), as request.state gives it to handlers.
                 async with scope["state"]["reads"].acquire() as conn:
                     document = await fetch_trace_document(conn, scope["path_params"]["trace_id"])

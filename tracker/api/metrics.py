@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 import tracker
+from tracker.api.routing import operation_id
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -98,9 +99,8 @@ class MetricsMiddleware:
 
 
 def _operation(scope) -> str:
-    routing = scope.get("extensions", {}).get("connexion_routing", {})
-    operation_id = routing.get("operation_id")
-    if operation_id:
-        return operation_id.rsplit(".", 1)[-1]
+    routed = operation_id(scope)
+    if routed:
+        return routed.rsplit(".", 1)[-1]
     # Bounded: anything outside the spec's operations shares one label.
     return "other"

@@ -59,21 +59,11 @@ def cmd_grant_reader(args, settings: Settings) -> int:
 
 
 def cmd_retention(args, settings: Settings) -> int:
-    import asyncpg
-
-    from tracker.maintenance import run_maintenance
+    from tracker.maintenance import maintenance_round
 
     if not settings.database_url:
         raise SettingsError("DATABASE_URL must be set")
-
-    async def go():
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            return await run_maintenance(conn, retention_days=settings.retention_days)
-        finally:
-            await conn.close()
-
-    result = asyncio.run(go())
+    result = asyncio.run(maintenance_round(settings))
     print(
         json.dumps(
             {

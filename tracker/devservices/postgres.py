@@ -191,7 +191,7 @@ class LocalPostgres:
     def restart(self) -> None:
         """Stop, then start again on the same port (the failure tests use this)."""
         self.stop()
-        self._pg_ctl_start()
+        self.start_again()
 
 
 def database_url(admin_url: str, name: str) -> str:
