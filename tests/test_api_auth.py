@@ -3,10 +3,14 @@ the `tracker tokens` command, and no token in a log line or a metric."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from tests.helpers.api import api_client
@@ -164,3 +168,55 @@ def test_an_auth_setting_other_than_on_or_off_is_refused(settings):
 
     with pytest.raises(SettingsError, match="TRACKER_AUTH must be on or off"):
         assert dataclasses.replace(settings, auth="yes").auth_enabled
+
+
+async def test_a_token_over_its_rate_is_answered_429_with_retry_after_and_others_are_not(auth_settings, db):
+    limited = dataclasses.replace(auth_settings, rate_limit=0.5, rate_burst=3)
+    _, busy = await create_token(db, "busy", ["read"])
+    _, other = await create_token(db, "other", ["read"])
+    with api_client(limited) as client:
+        codes = [client.get("/v1/traces/unknown-trace", headers={"Authorization": f"Bearer {busy}"}) for _ in range(4)]
+        assert [c.status_code for c in codes] == [404, 404, 404, 429]
+        refused = codes[-1]
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        # A request every 2 s on average: the next one is 1 to 2 s away.
+        assert refused.headers["Retry-After"] in ("1", "2")
+        assert "rate" in refused.json()["detail"]
+        assert client.get("/v1/traces/unknown-trace", headers={"Authorization": f"Bearer {other}"}).status_code == 404
+        assert client.get("/healthz").status_code == 200  # open routes are not limited
+        metrics = client.get("/metrics").text
+    assert 'tracker_api_auth_refused_total{reason="rate"} 1.0' in metrics
+
+
+async def test_a_token_with_its_limit_of_requests_in_progress_is_answered_429_at_once(auth_settings, db):
+    """The first request waits on a lock the test holds on the traces table; the token's
+    second is refused without waiting, and once the first is done the token is served again."""
+    capped = dataclasses.replace(auth_settings, max_concurrent=1)
+    _, token = await create_token(db, "one at a time", ["read"])
+    headers = {"Authorization": f"Bearer {token}"}
+    with api_client(capped) as client:
+        assert client.get("/v1/traces/warm-up", headers=headers).status_code == 404  # the token is cached
+        blocker = await asyncpg.connect(capped.database_url)
+        try:
+            held = blocker.transaction()
+            await held.start()
+            await blocker.execute("LOCK TABLE traces IN ACCESS EXCLUSIVE MODE")
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                first = pool.submit(client.get, "/v1/traces/slow", headers=headers)
+                deadline = time.monotonic() + 30
+                # Only the API's query can wait on a lock in this database.
+                while not await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ):
+                    assert time.monotonic() < deadline, "the first request never reached the lock"
+                    await asyncio.sleep(0.05)
+                # Without the cap it would wait on the lock too: bounded, so that the test fails.
+                second = await asyncio.wait_for(asyncio.to_thread(client.get, "/v1/traces/slow", headers=headers), 10)
+                assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+                assert "in progress" in second.json()["detail"]
+                await held.commit()
+                assert first.result(timeout=30).status_code == 404
+        finally:
+            await blocker.close()
+        assert client.get("/v1/traces/slow", headers=headers).status_code == 404

@@ -43,6 +43,11 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     # Bearer tokens on the API (tracker/api/auth.py), and how long a token's record is cached.
     "auth": ("TRACKER_AUTH", "off"),
     "auth_cache_seconds": ("TRACKER_AUTH_CACHE_SECONDS", "5"),
+    # Per token and API process (tracker/api/limits.py): requests per second (0: no limit), the
+    # burst above that rate, and requests in progress at once (0: no cap).
+    "rate_limit": ("TRACKER_RATE_LIMIT", "100"),
+    "rate_burst": ("TRACKER_RATE_BURST", "200"),
+    "max_concurrent": ("TRACKER_MAX_CONCURRENT", "32"),
     # The CLI's token for the API.
     "api_token": ("TRACKER_API_TOKEN", None),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
@@ -108,6 +113,9 @@ class Settings:
     api_workers: int
     auth: str
     auth_cache_seconds: float
+    rate_limit: float
+    rate_burst: float
+    max_concurrent: int
     api_token: str | None
     consumer_host: str
     consumer_port: int

@@ -9,11 +9,13 @@ Scopes: ``read`` (every trace and event route), ``write`` (publishing over HTTP)
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 from tracker.db import Connection
+from tracker.tenants import Tenants
 
 SCOPES = ("read", "write", "admin")
 PREFIX = "trk_"
@@ -30,35 +32,48 @@ class TokenInfo:
     scopes: frozenset[str]
     expires_at: datetime | None
     revoked: bool
+    tenants: Tenants | None = None  # None: not bound, every trace
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 
 
 async def create_token(
-    conn: Connection, name: str, scopes: list[str], expires_at: datetime | None = None
+    conn: Connection,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    tenants: Tenants | None = None,
 ) -> tuple[int, str]:
-    """(id, token): the token itself exists only in this return value."""
+    """(id, token): the token itself exists only in this return value. ``tenants``: bind the
+    token to them (it then sees only their traces); an admin token cannot be bound."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+    if tenants is not None and tenants.bound and "admin" in scopes:
+        raise ValueError(
+            "an admin token reads the whole platform (rollups, dead letters); it cannot be bound to tenants"
+        )
     token = PREFIX + secrets.token_urlsafe(32)
     token_id = await conn.fetchval(
-        "INSERT INTO api_tokens (name, digest, prefix, scopes, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO api_tokens (name, digest, prefix, scopes, expires_at, tenants) "
+        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
         name,
         digest(token),
         token[: len(PREFIX) + 6],
         sorted(set(scopes)),
         expires_at,
+        json.dumps(tenants.to_json() if tenants is not None else {}),
     )
     return token_id, token
 
 
 async def list_tokens(conn: Connection) -> list[dict]:
     rows = await conn.fetch(
-        "SELECT id, name, prefix, scopes, created_at, expires_at, revoked_at, last_used_at FROM api_tokens ORDER BY id"
+        "SELECT id, name, prefix, scopes, tenants::text AS tenants, created_at, expires_at, revoked_at, last_used_at "
+        "FROM api_tokens ORDER BY id"
     )
-    return [dict(r) for r in rows]
+    return [{**r, "tenants": json.loads(r["tenants"])} for r in rows]
 
 
 async def revoke_token(conn: Connection, token_id: int) -> bool:
@@ -69,13 +84,20 @@ async def revoke_token(conn: Connection, token_id: int) -> bool:
     return status == "UPDATE 1"
 
 
-async def find_token(conn: Connection, token: str) -> TokenInfo | None:
-    """The token's record by its digest (None: no such token); marks its use."""
+async def find_token(conn: Connection, token_digest: bytes) -> TokenInfo | None:
+    """The record of the token with this digest (None: no such token); marks its use."""
     row = await conn.fetchrow(
         "UPDATE api_tokens SET last_used_at = now() WHERE digest = $1 "
-        "RETURNING id, name, scopes, expires_at, revoked_at IS NOT NULL AS revoked",
-        digest(token),
+        "RETURNING id, name, scopes, expires_at, revoked_at IS NOT NULL AS revoked, tenants::text AS tenants",
+        token_digest,
     )
     if row is None:
         return None
-    return TokenInfo(row["id"], row["name"], frozenset(row["scopes"]), row["expires_at"], row["revoked"])
+    return TokenInfo(
+        row["id"],
+        row["name"],
+        frozenset(row["scopes"]),
+        row["expires_at"],
+        row["revoked"],
+        Tenants.from_json(json.loads(row["tenants"])),
+    )

@@ -20,6 +20,7 @@ from connexion.validators import VALIDATOR_MAP
 from tracker.api.allow_header import AllowHeaderMiddleware
 from tracker.api.auth import AuthMiddleware
 from tracker.api.lean import TraceDocumentMiddleware
+from tracker.api.limits import TokenLimits
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.api.replicas import Reads, ReplicaHeaderMiddleware
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
             spec=spec(),
             cache_seconds=settings.auth_cache_seconds,
             metrics=metrics,
+            limits=TokenLimits(settings.rate_limit, settings.rate_burst, settings.max_concurrent),
         )
     # The trace document without Connexion's per-request handler decoration (tracker/api/lean.py).
     app.add_middleware(TraceDocumentMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 
 from connexion.exceptions import ProblemException
 
+from tracker.api.limits import TokenLimits, retry_after
 from tracker.api.routing import operation_id
-from tracker.tokens import TokenInfo, find_token
+from tracker.tokens import TokenInfo, digest, find_token
 
 log = logging.getLogger("tracker.api.auth")
 
@@ -46,23 +47,57 @@ def _unauthorized(detail: str, error: str | None = None) -> ProblemException:
     return ProblemException(status=401, title="Unauthorized", detail=detail, headers={"WWW-Authenticate": challenge})
 
 
+def _too_many(detail: str, seconds: float) -> ProblemException:
+    return ProblemException(
+        status=429, title="Too Many Requests", detail=detail, headers={"Retry-After": retry_after(seconds)}
+    )
+
+
 class AuthMiddleware:
-    def __init__(self, app, spec: dict, cache_seconds: float, metrics) -> None:
+    def __init__(self, app, spec: dict, cache_seconds: float, metrics, limits: TokenLimits) -> None:
         self.app = app
         self.scopes = required_scopes(spec)
         self.cache_seconds = cache_seconds
         self.metrics = metrics
-        self._cache: dict[str, tuple[TokenInfo | None, float]] = {}
+        self.limits = limits
+        # Keyed by the token's digest, not the token: no secret is compared byte by byte in
+        # this process (the database compares digests too).
+        self._cache: dict[bytes, tuple[TokenInfo | None, float]] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             routed = operation_id(scope)
             needed = self.scopes.get(routed) if routed else None
             if needed is not None:
-                await self._check(scope, needed)
+                info = await self._check(scope, needed)
+                # What the handlers filter by (tracker/api/tenancy.py); the state is the request's own copy.
+                scope["state"]["tenants"] = info.tenants
+                await self._limited(info, scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    async def _check(self, scope, needed: str) -> None:
+    async def _limited(self, info: TokenInfo, scope, receive, send) -> None:
+        wait = self.limits.take(info.id)
+        if wait is not None:
+            self._refused("rate")
+            raise _too_many(
+                f"This token is over its rate of {self.limits.rate:g} requests per second "
+                f"(bursts of {self.limits.burst:g}); retry after the time in Retry-After.",
+                wait,
+            )
+        if not self.limits.enter(info.id):
+            self._refused("concurrency")
+            raise _too_many(
+                f"This token already has {self.limits.concurrency} requests in progress, its limit; "
+                "wait for one to finish.",
+                1,
+            )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limits.leave(info.id)
+
+    async def _check(self, scope, needed: str) -> TokenInfo:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None:
             self._refused("missing")
@@ -87,17 +122,19 @@ class AuthMiddleware:
                 detail=f"This route needs a token with the {needed!r} scope; this token has "
                 f"{', '.join(sorted(info.scopes))}.",
             )
+        return info
 
     async def _lookup(self, scope, token: str) -> TokenInfo | None:
         now = time.monotonic()
-        cached = self._cache.get(token)
+        key = digest(token)
+        cached = self._cache.get(key)
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
         async with scope["state"]["pool"].acquire() as conn:
-            info = await find_token(conn, token)
+            info = await find_token(conn, key)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
-        self._cache[token] = (info, now)
+        self._cache[key] = (info, now)
         return info
 
     def _refused(self, reason: str) -> None:

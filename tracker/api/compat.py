@@ -9,7 +9,7 @@ import time
 
 from connexion import request
 
-from tracker.api import params
+from tracker.api import params, tenancy
 from tracker.api.problems import bad_request, not_found
 from tracker.api.responses import ok
 from tracker.api.serialize import iso
@@ -58,6 +58,7 @@ async def payloads(
             sort_dir=sort_dir,
             page=page,
             page_size=page_size,
+            tenants=tenancy.current(),
         )
     data = [
         {
@@ -95,6 +96,7 @@ async def statuses(
             sort_dir=sort_dir,
             page=page,
             page_size=page_size,
+            tenants=tenancy.current(),
         )
     return ok(
         {"count": count, "elapsed": round(time.perf_counter() - started, 6), "data": [_status_out(r) for r in rows]}
@@ -126,7 +128,11 @@ def durations(rows) -> dict[str, str]:
 
 async def payload(request_id: str, sort_by="date", sort_dir="asc"):
     async with request.state.reads.acquire() as conn:
-        rows = await q.payload_statuses(conn, request_id, sort_by, sort_dir)
+        rows = (
+            []
+            if await tenancy.hidden(conn, request_id)
+            else await q.payload_statuses(conn, request_id, sort_by, sort_dir)
+        )
     if not rows:
         raise not_found(f"No status has been seen for request_id {request_id!r}.")
     return ok({"data": [_status_out(r) for r in rows], "durations": durations(rows)})
@@ -134,7 +140,7 @@ async def payload(request_id: str, sort_by="date", sort_dir="asc"):
 
 async def status_api_trace(trace_id: str):
     async with request.state.reads.acquire() as conn:
-        rows = await q.status_api_events(conn, trace_id)
+        rows = [] if await tenancy.hidden(conn, trace_id) else await q.status_api_events(conn, trace_id)
     if not rows:
         raise not_found(f"No event has been seen for trace {trace_id!r}.")
     return ok(
@@ -192,7 +198,7 @@ async def status_api_from_path(path: str):
     if decoded is None:
         raise not_found("No event carried that path: it decodes to bytes no path can hold (not UTF-8, or U+0000).")
     async with request.state.reads.acquire() as conn:
-        rows = await lookup_path(conn, decoded)
+        rows = await lookup_path(conn, decoded, tenancy.current())
     if not rows:
         raise not_found(f"No event carried the path {decoded!r}.")
     if len(rows) > 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connexion import request
 
-from tracker.api import params
+from tracker.api import params, tenancy
 from tracker.api.publish import send, validated
 from tracker.api.responses import after, ok, page
 from tracker.api.serialize import event_out
@@ -19,13 +19,20 @@ async def search_events(since=None, until=None, lookback=None, limit=50, cursor=
     position = after(cursor)
     async with request.state.reads.acquire() as conn:
         rows = await search.search_events(
-            conn, filters=filters, since=start, until=end, after=position, limit=limit + 1, include_body=include_body
+            conn,
+            filters=filters,
+            since=start,
+            until=end,
+            after=position,
+            limit=limit + 1,
+            include_body=include_body,
+            tenants=tenancy.current(),
         )
     return page(rows, limit, lambda r: (r["ts"], r["event_id"]), lambda r: event_out(r, include_body))
 
 
 async def post_event(body):
-    value, parsed = validated(body, "event")
+    value, parsed = await validated(body, "event")
     await send(value, parsed.trace_id)
     return ok(
         {"trace_id": parsed.trace_id, "event_id": parsed.event_id, "topic": request.state.settings.topic}, status=202

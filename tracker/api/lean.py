@@ -29,7 +29,8 @@ class TraceDocumentMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            if operation_id(scope) == GET_TRACE:
+            # A token bound to tenants goes to the handler, which also checks the trace is theirs.
+            if operation_id(scope) == GET_TRACE and scope["state"].get("tenants") is None:
                 # The lifespan's state (tracker.api.app), as request.state gives it to handlers.
                 async with scope["state"]["reads"].acquire() as conn:
                     document = await fetch_trace_document(conn, scope["path_params"]["trace_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from connexion import request
 
+from tracker.api import tenancy
 from tracker.api.responses import ok
 from tracker.api.serialize import iso
 from tracker.queries import search
@@ -11,7 +12,7 @@ from tracker.queries import search
 
 async def lookup_path(path: str):
     async with request.state.reads.acquire() as conn:
-        rows = await search.lookup_path(conn, path)
+        rows = await search.lookup_path(conn, path, tenancy.current())
     return ok(
         {
             "data": [

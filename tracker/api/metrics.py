@@ -43,7 +43,7 @@ class ApiMetrics:
         self.auth_refused = Counter(
             "tracker_api_auth_refused_total",
             "Requests refused by authentication (TRACKER_AUTH=on), by reason: missing, malformed, "
-            "unknown, revoked, expired (401) and scope (403).",
+            "unknown, revoked, expired (401), scope (403), rate and concurrency (429).",
             ["reason"],
             registry=r,
         )

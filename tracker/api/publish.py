@@ -8,12 +8,14 @@ import asyncio
 from aiokafka.errors import KafkaError
 from connexion import request
 
+from tracker.api import tenancy
 from tracker.api.problems import ProblemException
 from tracker.events import Event, Invalid, encode_document, parse_message
 
 
-def validated(doc, what: str) -> tuple[bytes, Event]:
-    """The bytes to produce, judged exactly as the consumer will judge them."""
+async def validated(doc, what: str) -> tuple[bytes, Event]:
+    """The bytes to produce, judged exactly as the consumer will judge them; and, for a token
+    bound to tenants, only an event of its tenants, on a trace that is not another tenant's."""
     value = encode_document(doc)
     parsed = parse_message(value, max_bytes=request.state.settings.max_message_bytes)
     if isinstance(parsed, Invalid):
@@ -22,6 +24,7 @@ def validated(doc, what: str) -> tuple[bytes, Event]:
         raise ProblemException(
             status=400, title="Bad Request", detail=f"invalid {what} ({parsed.reason}): {parsed.detail}"
         )
+    await tenancy.check_publish(parsed)
     return value, parsed
 
 

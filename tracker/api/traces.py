@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from connexion import request
 from connexion.lifecycle import ConnexionResponse
 
-from tracker.api import params
+from tracker.api import params, tenancy
 from tracker.api.problems import not_found
 from tracker.api.publish import send, validated
 from tracker.api.responses import after, ok, page
@@ -27,6 +27,8 @@ def _unknown(trace_id: str):
 async def get_trace(trace_id: str):
     async with request.state.reads.acquire() as conn:
         document = await q.fetch_trace_document(conn, trace_id)
+        if document is not None and await tenancy.hidden(conn, trace_id):
+            document = None  # another tenant's trace is as unknown as one never seen
     if document is None:
         raise _unknown(trace_id)
     return ConnexionResponse(status_code=200, content_type="application/json", body=document)
@@ -37,6 +39,8 @@ async def get_trace_events(
 ):
     position = after(cursor)
     async with request.state.reads.acquire() as conn:
+        if await tenancy.hidden(conn, trace_id):
+            raise _unknown(trace_id)
         rows = await q.fetch_events(
             conn, trace_id, descending=order == "desc", include_body=include_body, after=position, limit=limit + 1
         )
@@ -62,6 +66,7 @@ async def search_traces(
             max_duration=params.duration(max_duration, "max_duration"),
             after=position,
             limit=limit + 1,
+            tenants=tenancy.current(),
         )
     return page(rows, limit, lambda r: (r["created_at"], r["trace_id"]), trace_summary_out)
 
@@ -76,7 +81,7 @@ async def post_trace(body):
         "timestamp": datetime.now(UTC).isoformat(),
         **body,
     }
-    value, parsed = validated(event, "trace")
+    value, parsed = await validated(event, "trace")
     await send(value, trace_id)
     # 202, not 201: the trace exists once the consumer has stored this event, a moment later.
     return ok(

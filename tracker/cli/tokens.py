@@ -20,6 +20,13 @@ def add_parser(sub) -> None:
         "--scope", action="append", choices=["read", "write", "admin"], required=True, help="repeat for several"
     )
     create.add_argument("--expires-in", help="e.g. 30d, 12h (default: never)")
+    for field in ("account", "org-id", "domain", "domain-id"):
+        create.add_argument(
+            f"--{field}",
+            action="append",
+            default=[],
+            help=f"bind the token to this {field} (repeatable): it sees only traces carrying one of its tenants",
+        )
     actions.add_parser("list", help="every token: id, name, prefix, scopes, times (never the token)")
     revoke = actions.add_parser("revoke", help="revoke a token by id (effective within TRACKER_AUTH_CACHE_SECONDS)")
     revoke.add_argument("id", type=int)
@@ -30,6 +37,7 @@ def cmd_tokens(args, settings: Settings) -> int:
     import asyncpg
 
     from tracker.api.params import duration
+    from tracker.tenants import Tenants
     from tracker.tokens import create_token, list_tokens, revoke_token
 
     if not settings.database_url:
@@ -46,8 +54,19 @@ def cmd_tokens(args, settings: Settings) -> int:
         conn = await asyncpg.connect(settings.database_url)
         try:
             if args.action == "create":
-                token_id, token = await create_token(conn, args.name, args.scope, expires_at)
-                print(f"token {token_id} ({args.name}, {', '.join(sorted(set(args.scope)))}): {token}")
+                tenants = Tenants(
+                    account=tuple(args.account),
+                    org_id=tuple(args.org_id),
+                    domain=tuple(args.domain),
+                    domain_id=tuple(args.domain_id),
+                )
+                try:
+                    token_id, token = await create_token(conn, args.name, args.scope, expires_at, tenants)
+                except ValueError as exc:
+                    print(f"tracker tokens: {exc}", file=sys.stderr)
+                    return EXIT_USAGE
+                bound = f"; tenants: {tenants.describe()}" if tenants.bound else ""
+                print(f"token {token_id} ({args.name}, {', '.join(sorted(set(args.scope)))}{bound}): {token}")
                 print("It is shown only now; the database keeps its digest.", file=sys.stderr)
                 return 0
             if args.action == "list":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tracker.db import Connection
 from tracker.queries.search import Where
+from tracker.tenants import Tenants
 
 COUNT_CAP = 10_000
 
@@ -51,16 +52,31 @@ async def _page(conn, table: str, columns: str, where: Where, order: str, page: 
 
 
 async def payloads(
-    conn: Connection, *, filters: dict, created: dict, sort_by: str, sort_dir: str, page: int, page_size: int
+    conn: Connection,
+    *,
+    filters: dict,
+    created: dict,
+    sort_by: str,
+    sort_dir: str,
+    page: int,
+    page_size: int,
+    tenants: Tenants | None = None,
 ):
     where = Where()
+    where.tenants(tenants)
     for column in ("account", "org_id", "inventory_id", "system_id"):
         if filters.get(column) is not None:
             where.add(f"{column} = {{}}", filters[column])
     add_ranges(where, "created_at", created)
     order = f"{PAYLOAD_SORT[sort_by]} {_DIRECTION[sort_dir]}, trace_id {_DIRECTION[sort_dir]}"
     return await _page(
-        conn, "traces", "trace_id, account, org_id, inventory_id, system_id, created_at", where, order, page, page_size
+        conn,
+        "traces t",
+        "trace_id, account, org_id, inventory_id, system_id, created_at",
+        where,
+        order,
+        page,
+        page_size,
     )
 
 
@@ -74,8 +90,10 @@ async def statuses(
     sort_dir: str,
     page: int,
     page_size: int,
+    tenants: Tenants | None = None,
 ):
     where = Where()
+    where.tenants(tenants, "trace_id")
     for param, column in (
         ("service", "service"),
         ("source", "source"),

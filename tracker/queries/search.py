@@ -10,6 +10,7 @@ import asyncpg
 
 from tracker.db import Connection
 from tracker.events import BODY_COLUMNS, SUMMARY_COLUMNS, TRACE_ATTRIBUTES
+from tracker.tenants import Tenants
 
 
 @dataclass
@@ -29,6 +30,18 @@ class Where:
 
     def sql(self) -> str:
         return " AND ".join(self.conditions) if self.conditions else "TRUE"
+
+    def tenants(self, tenants: Tenants | None, trace_id: str | None = None) -> None:
+        """Only the traces carrying one of ``tenants`` (None: no condition). ``trace_id``: the
+        column naming the trace, for a table other than traces (whose alias must be t)."""
+        if tenants is None:
+            return
+        if trace_id is None:
+            self.add(tenants.fragment("t"), *tenants.values())
+        else:
+            self.add(
+                f"{trace_id} IN (SELECT tt.trace_id FROM traces tt WHERE {tenants.fragment('tt')})", *tenants.values()
+            )
 
 
 TRACE_COLUMNS = """trace_id, created_at, first_at, last_at, event_count, error_count, done, status,
@@ -53,8 +66,10 @@ def search_traces_sql(
     max_duration: timedelta | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 51,
+    tenants: Tenants | None = None,
 ) -> tuple[str, list]:
     where = Where()
+    where.tenants(tenants)
     for column in TRACE_ATTRIBUTES + ("status", "done"):
         if filters.get(column) is not None:
             where.add(f"t.{column} = {{}}", filters[column])
@@ -101,8 +116,10 @@ def search_events_sql(
     after: tuple[datetime, str] | None = None,
     limit: int = 51,
     include_body: bool = False,
+    tenants: Tenants | None = None,
 ) -> tuple[str, list]:
     where = Where()
+    where.tenants(tenants, "e.trace_id")
     for column in ("service", "status", "source"):
         if filters.get(column) is not None:
             where.add(f"e.{column} = {{}}", filters[column])
@@ -127,12 +144,14 @@ def search_events_sql(
 
 LOOKUP_PATH = """
 SELECT DISTINCT ON (trace_id) trace_id, event_id, service, ts
-FROM events WHERE path = $1
+FROM events e WHERE path = $1 AND {}
 ORDER BY trace_id, ts, event_id
 LIMIT 1000
 """
 
 
-async def lookup_path(conn: Connection, path: str) -> list[asyncpg.Record]:
-    rows = await conn.fetch(LOOKUP_PATH, path)
+async def lookup_path(conn: Connection, path: str, tenants: Tenants | None = None) -> list[asyncpg.Record]:
+    where = Where(args=[path])
+    where.tenants(tenants, "e.trace_id")
+    rows = await conn.fetch(LOOKUP_PATH.format(where.sql()), *where.args)
     return sorted(rows, key=lambda r: (r["ts"], r["trace_id"]))
