@@ -220,3 +220,18 @@ async def test_a_token_with_its_limit_of_requests_in_progress_is_answered_429_at
         finally:
             await blocker.close()
         assert client.get("/v1/traces/slow", headers=headers).status_code == 404
+
+
+async def test_migrate_stores_the_operators_first_admin_token_once(auth_settings, monkeypatch, capsys):
+    token = "trk_" + "0123456789abcdef" * 3
+    monkeypatch.setenv("DATABASE_URL", auth_settings.database_url)
+    monkeypatch.setenv("TRACKER_ADMIN_TOKEN", token)
+    assert await asyncio.to_thread(cli, ["migrate"]) == 0
+    assert "admin token from TRACKER_ADMIN_TOKEN: stored" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli, ["migrate"]) == 0
+    assert "already stored" in capsys.readouterr().out
+    with api_client(auth_settings) as client:
+        assert client.get("/v1/stats/counts", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    monkeypatch.setenv("TRACKER_ADMIN_TOKEN", "short")
+    assert await asyncio.to_thread(cli, ["migrate"]) == 2
+    assert "openssl rand" in capsys.readouterr().err

@@ -87,3 +87,14 @@ def test_grafana_provisions_the_dashboard_from_the_mounted_folder():
     assert any(v.split(":")[1] == path for v in COMPOSE["services"]["grafana"]["volumes"])
     datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_the_api_runs_with_auth_on_and_its_first_admin_token_comes_from_the_environment():
+    api = TRACKER_SERVICES["api"]["environment"]
+    assert api["TRACKER_AUTH"] == "on"
+    init = TRACKER_SERVICES["init"]
+    # Required (compose refuses to start without it) and stored by the migrate step.
+    assert init["environment"]["TRACKER_ADMIN_TOKEN"].startswith("${TRACKER_ADMIN_TOKEN:?")
+    assert "tracker.cli migrate" in " ".join(init["command"])
+    # Only the init service holds the secret.
+    assert all("TRACKER_ADMIN_TOKEN" not in s["environment"] for n, s in TRACKER_SERVICES.items() if n != "init")

@@ -14,8 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tracker.devservices.ports import free_port
 from tracker.settings import Settings
@@ -36,7 +39,9 @@ def _fresh_env(state: Path) -> tuple[dict[str, str], int, int]:
         java_home=ours.java_home,
         cache_home=ours.cache_home,
     )
-    return settings.child_environ(), api_port, consumer_port
+    env = settings.child_environ()
+    env.pop("TRACKER_AUTH")  # not set, as on a fresh machine: `tracker up` then turns auth on
+    return env, api_port, consumer_port
 
 
 def _listening(port: int) -> bool:
@@ -124,19 +129,26 @@ def test_up_from_nothing_prints_a_working_send_command_and_stops_cleanly():
         sent = subprocess.run(send_line, shell=True, capture_output=True, text=True, env=env, timeout=60)
         assert sent.returncode == 0, sent.stderr
 
-        shown = re.search(r"curl -s (\S+)", banner)
+        # Auth is on: the banner's curl carries the admin token it made, kept for the next start.
+        shown = re.search(r"curl -s -H 'Authorization: Bearer (trk_\S+)' (\S+)", banner)
         assert shown, banner
-        curl = shown.group(1)
+        token, curl = shown.groups()
+        assert (state / "admin-token").read_text().strip() == token
+        assert (state / "admin-token").stat().st_mode & 0o077 == 0
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(curl, timeout=2) as response:
+                request = urllib.request.Request(curl, headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(request, timeout=2) as response:
                     body = json.loads(response.read())
                     break
             except OSError:
                 assert time.monotonic() < deadline, "the first event never became visible"
                 time.sleep(0.1)
         assert body["trace_id"] == "demo-1" and body["services"][0]["service"] == "ingress"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(curl, timeout=2)
+        assert refused.value.code == 401
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(90)

@@ -50,6 +50,8 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "max_concurrent": ("TRACKER_MAX_CONCURRENT", "32"),
     # The CLI's token for the API.
     "api_token": ("TRACKER_API_TOKEN", None),
+    # A first admin token, chosen by the operator (docker-compose.yml): `tracker migrate` stores it.
+    "admin_token": ("TRACKER_ADMIN_TOKEN", None),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
     "consumer_port": ("TRACKER_CONSUMER_PORT", "9090"),
     "db_pool_min": ("TRACKER_DB_POOL_MIN", "1"),
@@ -117,6 +119,7 @@ class Settings:
     rate_burst: float
     max_concurrent: int
     api_token: str | None
+    admin_token: str | None
     consumer_host: str
     consumer_port: int
     db_pool_min: int
@@ -169,8 +172,9 @@ class Settings:
     def masked(self) -> dict[str, Any]:
         """The settings as a dict for the start-up log, passwords and tokens hidden."""
         out = dataclasses.asdict(self)
-        if out["api_token"]:
-            out["api_token"] = "***"
+        for key in ("api_token", "admin_token"):
+            if out[key]:
+                out[key] = "***"
         for key in ("database_url", "database_read_urls"):
             if out[key]:
                 out[key] = re.sub(r"(://[^:/@]+:)[^@,]*@", r"\1***@", out[key])

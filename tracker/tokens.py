@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from tracker.db import Connection
 from tracker.tenants import Tenants
@@ -66,6 +66,31 @@ async def create_token(
         json.dumps(tenants.to_json() if tenants is not None else {}),
     )
     return token_id, token
+
+
+async def ensure_admin_token(conn: Connection, token: str, name: str) -> bool:
+    """Store ``token``, made by the operator (TRACKER_ADMIN_TOKEN) or by `tracker up`, as an admin
+    token unless it is stored already; True when it was stored now. A revoked one stays revoked."""
+    if not token.startswith(PREFIX) or len(token) < len(PREFIX) + 32:
+        raise ValueError(
+            f"an admin token must be {PREFIX!r} and at least 32 more characters, e.g. "
+            f"{PREFIX}$(openssl rand -hex 24); got one of {len(token)} characters"
+        )
+    created = await conn.fetchval(
+        "INSERT INTO api_tokens (name, digest, prefix, scopes) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (digest) DO NOTHING RETURNING id",
+        name,
+        digest(token),
+        token[: len(PREFIX) + 6],
+        ["admin"],
+    )
+    return created is not None
+
+
+async def usable(conn: Connection, token: str) -> bool:
+    """Whether the API would take this token now (known, not revoked, not expired)."""
+    info = await find_token(conn, digest(token))
+    return info is not None and not info.revoked and (info.expires_at is None or info.expires_at > datetime.now(UTC))
 
 
 async def list_tokens(conn: Connection) -> list[dict]:

@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
     logging.getLogger("tracker.api").info("starting with %s", settings.masked())
+    if not settings.auth_enabled:
+        logging.getLogger("tracker.api").warning(
+            "TRACKER_AUTH=off: anyone who can reach %s:%s reads every trace and publishes events; "
+            "set TRACKER_AUTH=on (README: Tokens) unless this is a throwaway demo",
+            settings.api_host,
+            settings.api_port,
+        )
     options: dict[str, Any] = {
         "host": settings.api_host,
         "port": settings.api_port,

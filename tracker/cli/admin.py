@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 
 from tracker.cli.exits import EXIT_USAGE
@@ -21,6 +22,12 @@ def cmd_up(args, settings: Settings) -> int:
         settings = dataclasses.replace(settings, consumer_processes=args.consumers)
     if args.api_workers is not None:
         settings = dataclasses.replace(settings, api_workers=args.api_workers)
+    if "TRACKER_AUTH" not in os.environ:
+        # The stack README's run command starts is protected unless asked otherwise; the API's
+        # own default (off, with a warning at start) serves deployments that configure it.
+        settings = dataclasses.replace(settings, auth="on")
+    elif not settings.auth_enabled:
+        print("tracker up: TRACKER_AUTH=off -- the API will answer anyone, tokens or not", file=sys.stderr)
     return up(settings)
 
 
@@ -31,6 +38,24 @@ def cmd_migrate(args, settings: Settings) -> int:
         raise SettingsError("DATABASE_URL must be set")
     applied = asyncio.run(migrate(settings.database_url))
     print("applied: " + ", ".join(applied) if applied else "up to date")
+    if settings.admin_token:
+        import asyncpg
+
+        from tracker.tokens import ensure_admin_token
+
+        async def store() -> bool:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                return await ensure_admin_token(conn, settings.admin_token or "", "TRACKER_ADMIN_TOKEN")
+            finally:
+                await conn.close()
+
+        try:
+            created = asyncio.run(store())
+        except ValueError as exc:
+            print(f"tracker migrate: TRACKER_ADMIN_TOKEN: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print("admin token from TRACKER_ADMIN_TOKEN: " + ("stored" if created else "already stored"))
     return 0
 
 

@@ -4,6 +4,10 @@ Starts what is missing (state under ``TRACKER_STATE_DIR``, default .tracker/),
 applies migrations, creates the topics, starts both processes exactly as a
 user would (`python -m consumer`, `python -m tracker.api`), prints where
 everything is, and on Ctrl-C stops everything it started.
+
+The API needs tokens here too (TRACKER_AUTH=on unless the caller sets TRACKER_AUTH): the
+stack makes an admin token once, keeps it in the state directory (readable by its owner
+only) for the next start, and prints it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -25,6 +30,7 @@ from tracker.devservices.postgres import create_database
 from tracker.devservices.watchdog import Watchdog
 from tracker.migrate import migrate
 from tracker.settings import Settings
+from tracker.tokens import PREFIX, ensure_admin_token, usable
 from tracker.topics import ensure_topics
 
 log = logging.getLogger("tracker.up")
@@ -58,6 +64,7 @@ class Stack:
         self.state = Path(settings.state_dir).resolve()
         self.services = contextlib.ExitStack()  # the local Kafka/PostgreSQL started, stopped in reverse
         self.processes: list[subprocess.Popen] = []
+        self.admin_token: str | None = None
         # Started first: from here on, nothing we start outlives us (see watchdog.py).
         self.watchdog = Watchdog(self.state / "logs" / "watchdog.log")
 
@@ -84,8 +91,33 @@ class Stack:
                 max_message_bytes=settings.max_message_bytes,
             )
         )
+        if settings.auth_enabled:
+            self.admin_token = asyncio.run(self._admin_token(database_url))
         self.settings = settings
         return settings
+
+    async def _admin_token(self, database_url: str) -> str:
+        """The admin token of this state directory: the one kept from a previous start while the
+        database still takes it, else a new one."""
+        import secrets
+
+        import asyncpg
+
+        path = self.state / "admin-token"
+        kept = path.read_text().strip() if path.exists() else ""
+        conn = await asyncpg.connect(database_url)
+        try:
+            if kept and await usable(conn, kept):
+                return kept
+            token = PREFIX + secrets.token_urlsafe(32)
+            await ensure_admin_token(conn, token, "tracker up")
+        finally:
+            await conn.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        return token
 
     def start_processes(self) -> None:
         env = self.settings.child_environ()
@@ -117,10 +149,26 @@ class Stack:
             f"{Path(sys.executable).parent / 'tracker'} send --trace-id demo-1 --service ingress "
             f"--status received"
         )
+        if self.admin_token:
+            auth = [
+                f"  auth:             on; an admin token (kept in {self.state / 'admin-token'}):",
+                f"                    {self.admin_token}",
+                "                    more, with scopes and tenants: tracker tokens create --help",
+            ]
+            look = [
+                f"  curl -s -H 'Authorization: Bearer {self.admin_token}' {api}/v1/traces/demo-1",
+                f"  (or: TRACKER_API_TOKEN={self.admin_token} tracker status demo-1)",
+            ]
+        else:
+            auth = [
+                "  auth:             OFF (TRACKER_AUTH=off): anyone who can reach the API reads and writes every trace"
+            ]
+            look = [f"  curl -s {api}/v1/traces/demo-1"]
         return "\n".join(
             [
                 "",
                 "tracker is up.",
+                *auth,
                 f"  API:              {api}",
                 f"  Swagger UI:       {api}/ui/",
                 f"  OpenAPI document: {api}/openapi.json",
@@ -131,7 +179,7 @@ class Stack:
                 "Send a first event:",
                 f"  {send}",
                 "then look at it:",
-                f"  curl -s {api}/v1/traces/demo-1",
+                *look,
                 "",
                 "Ctrl-C stops everything this command started.",
             ]
