@@ -9,6 +9,8 @@
    loopback with wrk from a second process: per endpoint, requests/s and
    latency p50/p99. Targets: trace lookup p99 <= 10 ms and >= 1,500 req/s;
    filtered search p99 <= 50 ms; rollups over 24 h p99 <= 100 ms; API RSS <= 200 MB.
+   The trace lookup again with TRACKER_AUTH=on (a read token; one bound to tenants), beside
+   the same lookup with auth off, in the same run: the target holds with auth on too.
 3. Baseline on the same data: the Payload Tracker way (exact COUNT + OFFSET
    paging) against ours (keyset), the same queries issued directly with asyncpg.
 
@@ -41,6 +43,8 @@ from tracker.maintenance import create_partition, existing_partitions, partition
 from tracker.migrate import migrate
 from tracker.queries.traces import TRACE_DOCUMENT
 from tracker.settings import Settings
+from tracker.tenants import Tenants
+from tracker.tokens import create_token
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = 14
@@ -147,10 +151,13 @@ async def load(url: str, traces: int) -> None:
         await conn.close()
 
 
-def start_api(url: str, workers: int, state: Path) -> tuple[subprocess.Popen, str]:
-    """The API as deployed (``python -m tracker.api --workers N``), ready; and its base URL."""
+def start_api(url: str, workers: int, state: Path, auth: str = "off") -> tuple[subprocess.Popen, str]:
+    """The API as deployed (``python -m tracker.api --workers N``), ready; and its base URL.
+    With auth on, the limits are the defaults but the rate, which one token's load would pass."""
     port = free_port()
-    settings = Settings.from_env({}, database_url=url, api_port=port, log_level="WARNING")
+    settings = Settings.from_env(
+        {}, database_url=url, api_port=port, log_level="WARNING", auth=auth, rate_limit=1_000_000, rate_burst=1_000_000
+    )
     api = subprocess.Popen(
         [sys.executable, "-m", "tracker.api", "--workers", str(workers)],
         env=settings.child_environ(),
@@ -168,18 +175,22 @@ def start_api(url: str, workers: int, state: Path) -> tuple[subprocess.Popen, st
     return api, base
 
 
-def lua_paths(paths: list[str]) -> str:
+def lua_paths(paths: list[str], token: str | None = None) -> str:
     quoted = ",".join('"' + p.replace('"', '\\"') + '"' for p in paths)
+    headers = f'{{["Authorization"] = "Bearer {token}"}}' if token else "nil"
     return (
         f"local paths = {{{quoted}}}\n"
+        f"local headers = {headers}\n"
         "math.randomseed(os.time())\n"
-        "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
+        "request = function() return wrk.format('GET', paths[math.random(#paths)], headers) end\n"
     )
 
 
-def wrk(base_url: str, paths: list[str], duration: int, connections: int, workdir: Path) -> dict:
+def wrk(
+    base_url: str, paths: list[str], duration: int, connections: int, workdir: Path, token: str | None = None
+) -> dict:
     script = workdir / "paths.lua"
-    script.write_text(lua_paths(paths))
+    script.write_text(lua_paths(paths, token))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), base_url],
         capture_output=True,
@@ -273,6 +284,43 @@ async def baseline(url: str, traces: int) -> list[tuple[str, float, float]]:
     )
     await conn.close()
     return results
+
+
+async def _tokens(url: str, accounts: list[str]) -> tuple[str, str]:
+    """A read token, and a read token bound to ``accounts``."""
+    conn = await asyncpg.connect(url)
+    try:
+        _, read = await create_token(conn, "bench read", ["read"])
+        _, bound = await create_token(conn, "bench tenant", ["read"], tenants=Tenants(account=tuple(accounts)))
+    finally:
+        await conn.close()
+    return read, bound
+
+
+def auth_lookup(url: str, state: Path, args, lookup: list[str], off: dict) -> None:
+    """The trace lookup with TRACKER_AUTH=on, beside the run with it off (``off``, same run).
+    A bound token asks for traces of its 20 accounts (account = t mod 50,000 in this data)."""
+    accounts = [f"{a:07d}" for a in range(100, 50000, 2495)][:20]
+    mine = [f"/v1/traces/trace-{int(a) + 50000 * k}" for a in accounts for k in range(1, 20)]
+    read, bound = asyncio.run(_tokens(url, accounts))
+    api, base = start_api(url, 1, state, auth="on")
+    try:
+        results = []
+        for label, paths, token in (("read token", lookup, read), ("token bound to 20 accounts", mine, bound)):
+            wrk(base, paths, 3, args.connections, state, token)
+            results.append((label, wrk(base, paths, args.duration, args.connections, state, token)))
+    finally:
+        api.terminate()
+        api.wait(30)
+    print(f"\ntrace lookup, TRACKER_AUTH off and on (same run, one worker, {args.connections} connections):")
+    for label, r in (("auth off", off), *((f"auth on, {label}", r) for label, r in results)):
+        verdict = "met" if r["p99"] <= 10 and r["rps"] >= 1500 else "MISSED"
+        errors = f"  ({r['non2xx']} non-2xx!)" if r["non2xx"] else ""
+        print(
+            f"  {label:<36} {r['rps']:>8.0f} req/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms"
+            f"   (p99 <= 10 ms and >= 1,500 req/s: {verdict}){errors}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -383,6 +431,11 @@ def main() -> None:
                 f"  {workers} worker(s): {r['rps']:>8.0f} req/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
                 flush=True,
             )
+
+        api.terminate()
+        api.wait(30)
+        api = None
+        auth_lookup(url, state, args, lookup, one)
 
         print("\nbaseline, same data, queries issued directly (median of 30, ms):")
         for name, pt, ours in asyncio.run(baseline(url, args.traces)):

@@ -50,6 +50,15 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "max_concurrent": ("TRACKER_MAX_CONCURRENT", "32"),
     # The CLI's token for the API.
     "api_token": ("TRACKER_API_TOKEN", None),
+    # OIDC (tracker/api/oidc.py): JWTs of this issuer and audience, keys from a file, a URL or
+    # the issuer's discovery document; how their claims map to scopes and tenants.
+    "oidc_issuer": ("TRACKER_OIDC_ISSUER", None),
+    "oidc_audience": ("TRACKER_OIDC_AUDIENCE", None),
+    "oidc_jwks_url": ("TRACKER_OIDC_JWKS_URL", None),
+    "oidc_jwks_file": ("TRACKER_OIDC_JWKS_FILE", None),
+    "oidc_scope_claim": ("TRACKER_OIDC_SCOPE_CLAIM", "scope"),
+    "oidc_scope_prefix": ("TRACKER_OIDC_SCOPE_PREFIX", "tracker:"),
+    "oidc_tenant_claims": ("TRACKER_OIDC_TENANT_CLAIMS", ""),
     # A first admin token, chosen by the operator (docker-compose.yml): `tracker migrate` stores it.
     "admin_token": ("TRACKER_ADMIN_TOKEN", None),
     "consumer_host": ("TRACKER_CONSUMER_HOST", "127.0.0.1"),
@@ -120,6 +129,13 @@ class Settings:
     max_concurrent: int
     api_token: str | None
     admin_token: str | None
+    oidc_issuer: str | None
+    oidc_audience: str | None
+    oidc_jwks_url: str | None
+    oidc_jwks_file: str | None
+    oidc_scope_claim: str
+    oidc_scope_prefix: str
+    oidc_tenant_claims: str
     consumer_host: str
     consumer_port: int
     db_pool_min: int

@@ -13,7 +13,7 @@ value its events gave), the value the trace search filters on too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 FIELDS = ("account", "org_id", "domain", "domain_id")
@@ -27,7 +27,7 @@ class Tenants:
     domain_id: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, value: Mapping[str, list[str]] | None) -> Tenants | None:
+    def from_json(cls, value: Mapping[str, Sequence[str]] | None) -> Tenants | None:
         """From the api_tokens.tenants column; None when the token is not bound."""
         if not value:
             return None

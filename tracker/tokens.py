@@ -27,7 +27,7 @@ def digest(token: str) -> bytes:
 
 @dataclass(frozen=True)
 class TokenInfo:
-    id: int
+    id: int | str  # an api_tokens id, or "oidc:<issuer>:<subject>"
     name: str
     scopes: frozenset[str]
     expires_at: datetime | None

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from tracker.api.app import create_app
+from tracker.api.oidc import OidcVerifier
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.database_url:
             raise SettingsError("DATABASE_URL must be set (or use bin/run, which starts a local PostgreSQL)")
         settings.auth_enabled  # noqa: B018 -- refuses a TRACKER_AUTH that is neither on nor off
+        if settings.oidc_issuer:
+            if not settings.auth_enabled:
+                raise SettingsError("TRACKER_OIDC_ISSUER is set but TRACKER_AUTH is off: set TRACKER_AUTH=on")
+            OidcVerifier(settings)  # the audience, the key file and the claim mapping, checked now
     except SettingsError as exc:
         print(f"tracker-api: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from tracker.api.auth import AuthMiddleware
 from tracker.api.lean import TraceDocumentMiddleware
 from tracker.api.limits import TokenLimits
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
+from tracker.api.oidc import OidcVerifier
 from tracker.api.problems import BodyValidator, ParameterValidator, body_not_utf8, database_unavailable
 from tracker.api.replicas import Reads, ReplicaHeaderMiddleware
 from tracker.db import TRANSIENT_ERRORS, create_pool, keep_session
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
             cache_seconds=settings.auth_cache_seconds,
             metrics=metrics,
             limits=TokenLimits(settings.rate_limit, settings.rate_burst, settings.max_concurrent),
+            oidc=OidcVerifier(settings) if settings.oidc_issuer else None,
         )
     # The trace document without Connexion's per-request handler decoration (tracker/api/lean.py).
     app.add_middleware(TraceDocumentMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from connexion.exceptions import ProblemException
 
 from tracker.api.limits import TokenLimits, retry_after
+from tracker.api.oidc import InvalidToken, OidcVerifier, looks_like_jwt
 from tracker.api.routing import operation_id
 from tracker.tokens import TokenInfo, digest, find_token
 
@@ -54,8 +55,11 @@ def _too_many(detail: str, seconds: float) -> ProblemException:
 
 
 class AuthMiddleware:
-    def __init__(self, app, spec: dict, cache_seconds: float, metrics, limits: TokenLimits) -> None:
+    def __init__(
+        self, app, spec: dict, cache_seconds: float, metrics, limits: TokenLimits, oidc: OidcVerifier | None = None
+    ) -> None:
         self.app = app
+        self.oidc = oidc
         self.scopes = required_scopes(spec)
         self.cache_seconds = cache_seconds
         self.metrics = metrics
@@ -107,7 +111,11 @@ class AuthMiddleware:
         if kind.lower() != "bearer" or not token:
             self._refused("malformed")
             raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
-        info = await self._lookup(scope, token)
+        info: TokenInfo | None
+        if self.oidc is not None and looks_like_jwt(token):
+            info = await self._verify_jwt(token)
+        else:
+            info = await self._lookup(scope, token)
         # The same answer for an unknown, a revoked and an expired token: which of them it is
         # is for the token's owner to find in `tracker tokens list`, not for whoever holds it.
         if info is None or info.revoked or (info.expires_at is not None and info.expires_at <= datetime.now(UTC)):
@@ -132,6 +140,26 @@ class AuthMiddleware:
             return cached[0]
         async with scope["state"]["pool"].acquire() as conn:
             info = await find_token(conn, key)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[key] = (info, now)
+        return info
+
+    async def _verify_jwt(self, token: str) -> TokenInfo:
+        """The identity a JWT vouches for, cached by digest like a token's record; a cached one
+        past its ``exp`` is refused by the expiry check like an expired token."""
+        now = time.monotonic()
+        key = digest(token)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is not None and now - cached[1] < self.cache_seconds:
+            return cached[0]
+        assert self.oidc is not None
+        try:
+            info = await self.oidc.verify(token)
+        except InvalidToken as exc:
+            log.info("bearer JWT refused: %s", exc)  # the reason, never the token
+            self._refused("expired" if exc.expired else "unknown")
+            raise _unauthorized("The bearer token is unknown, revoked or expired.", error="invalid_token") from None
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[key] = (info, now)

@@ -29,11 +29,12 @@ class TraceDocumentMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            # A token bound to tenants goes to the handler, which also checks the trace is theirs.
-            if operation_id(scope) == GET_TRACE and scope["state"].get("tenants") is None:
-                # The lifespan's state (tracker.api.app), as request.state gives it to handlers.
-                async with scope["state"]["reads"].acquire() as conn:
-                    document = await fetch_trace_document(conn, scope["path_params"]["trace_id"])
+            if operation_id(scope) == GET_TRACE:
+                # The lifespan's state (tracker.api.app), as request.state gives it to handlers;
+                # "tenants" is the token's (tracker/api/auth.py): only a trace of theirs is answered.
+                state = scope["state"]
+                async with state["reads"].acquire() as conn:
+                    document = await fetch_trace_document(conn, scope["path_params"]["trace_id"], state.get("tenants"))
                 if document is not None:
                     response = Response(document, media_type="application/json")
                     return await response(scope, receive, send)

@@ -11,13 +11,15 @@ shared store on the path of every request); a fleet-wide limit belongs to the ga
   more is refused at once (429, Retry-After: 1) rather than queued, so a client that opens
   connections without bound cannot hold the server's workers.
 
-Keys are token ids: bounded by the tokens issued (an unknown token is refused before this).
+Keys are token ids and OIDC subjects: bounded by the tokens issued and the identities the
+issuer vouches for (an unknown or invalid token is refused before this).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Hashable
 
 
 class TokenLimits:
@@ -25,10 +27,10 @@ class TokenLimits:
         self.rate = rate
         self.burst = max(burst, 1.0)
         self.concurrency = concurrency
-        self._buckets: dict[int, tuple[float, float]] = {}  # token id -> (tokens left, at)
-        self._in_progress: dict[int, int] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}  # token id -> (tokens left, at)
+        self._in_progress: dict[Hashable, int] = {}
 
-    def take(self, key: int) -> float | None:
+    def take(self, key: Hashable) -> float | None:
         """Admit one request of ``key``: None, or the seconds to wait (the rate is exceeded)."""
         if self.rate <= 0:
             return None
@@ -41,7 +43,7 @@ class TokenLimits:
         self._buckets[key] = (left - 1.0, now)
         return None
 
-    def enter(self, key: int) -> bool:
+    def enter(self, key: Hashable) -> bool:
         """One more request of ``key`` in progress, unless that is over the cap."""
         if self.concurrency <= 0:
             return True
@@ -51,7 +53,7 @@ class TokenLimits:
         self._in_progress[key] = count + 1
         return True
 
-    def leave(self, key: int) -> None:
+    def leave(self, key: Hashable) -> None:
         if self.concurrency <= 0:
             return
         count = self._in_progress.get(key, 0) - 1

@@ -26,9 +26,8 @@ def _unknown(trace_id: str):
 
 async def get_trace(trace_id: str):
     async with request.state.reads.acquire() as conn:
-        document = await q.fetch_trace_document(conn, trace_id)
-        if document is not None and await tenancy.hidden(conn, trace_id):
-            document = None  # another tenant's trace is as unknown as one never seen
+        # Another tenant's trace is as unknown as one never seen.
+        document = await q.fetch_trace_document(conn, trace_id, tenancy.current())
     if document is None:
         raise _unknown(trace_id)
     return ConnexionResponse(status_code=200, content_type="application/json", body=document)
