@@ -8,6 +8,7 @@ import sys
 from consumer.group import run_group
 from consumer.service import serve
 from tracker.events import prepare_validators
+from tracker.kafka import client_options
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
@@ -15,6 +16,7 @@ from tracker.settings import Settings, SettingsError
 def main() -> int:
     try:
         settings = Settings.from_env().require_services()
+        client_options(settings)  # the Kafka security settings, checked before anything starts
     except SettingsError as exc:
         print(f"tracker-consumer: {exc}", file=sys.stderr)
         return 2

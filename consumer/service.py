@@ -15,6 +15,8 @@ from consumer.metrics import ConsumerMetrics
 from consumer.sink import Sink
 from consumer.store import prepare_connection
 from tracker.db import TRANSIENT_ERRORS, create_pool, init_connection, keep_session
+from tracker.kafka import client_options
+from tracker.kafka import explain as kafka_failure
 from tracker.maintenance import maintenance_round
 from tracker.settings import Settings
 from tracker.topics import record_limit
@@ -65,9 +67,13 @@ def serve(settings: Settings) -> int:
     except MissingTopics as exc:
         log.error("%s", exc)
         return 1
-    except Exception:
+    except Exception as exc:
         # Neither bad data nor a passing outage: let the supervisor restart us; Kafka redelivers.
-        log.exception("consumer failed")
+        reason = kafka_failure(settings, exc)
+        if reason is not None:
+            log.error("consumer failed: %s", reason)  # refused credentials, a wrong protocol: a sentence
+        else:
+            log.exception("consumer failed")
         return 1
     return 0
 
@@ -138,8 +144,10 @@ async def run(settings: Settings) -> None:
         min_size=1,
         max_size=max(settings.consumer_db_pool_max, settings.consumer_writers + 1),
     )
+    security = client_options(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        **security,
         group_id=settings.consumer_group,
         # Static membership: a restarted member with the same id gets its partitions back
         # at once instead of after the session timeout (README: "Restarts").
@@ -164,6 +172,7 @@ async def run(settings: Settings) -> None:
     dead_letter_limit = record_limit(settings.max_message_bytes)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        **security,
         acks="all",
         enable_idempotence=True,
         max_request_size=dead_letter_limit,

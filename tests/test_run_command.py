@@ -40,7 +40,7 @@ def _fresh_env(state: Path) -> tuple[dict[str, str], int, int]:
         cache_home=ours.cache_home,
     )
     env = settings.child_environ()
-    env.pop("TRACKER_AUTH")  # not set, as on a fresh machine: `tracker up` then turns auth on
+    assert "TRACKER_AUTH" not in env  # not set, as on a fresh machine: `tracker up` then turns auth on
     return env, api_port, consumer_port
 
 

@@ -12,6 +12,7 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
+from tracker.kafka import client_options
 from tracker.settings import Settings
 
 
@@ -45,6 +46,7 @@ class EventPublisher:
             if self._producer is None:
                 self._producer = await start_producer(
                     self.bootstrap_servers,
+                    **client_options(self.settings),
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=10000,

@@ -17,6 +17,13 @@ from typing import Any
 ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     # field name: (environment variable, default)
     "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", None),
+    # How every Kafka client of ours authenticates (tracker/kafka.py): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; SASL by PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; a CA file for SSL.
+    "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN"),
+    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", None),
+    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", None),
+    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", None),
     "database_url": ("DATABASE_URL", None),
     # Streaming replicas the API reads from, comma-separated (tracker/api/replicas.py).
     "database_read_urls": ("DATABASE_READ_URLS", None),
@@ -41,7 +48,8 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "api_validate_responses": ("TRACKER_API_VALIDATE_RESPONSES", "false"),
     "api_workers": ("TRACKER_API_WORKERS", "1"),
     # Bearer tokens on the API (tracker/api/auth.py), and how long a token's record is cached.
-    "auth": ("TRACKER_AUTH", "off"),
+    # Unset means off, except under `tracker up`, which then turns it on.
+    "auth": ("TRACKER_AUTH", None),
     "auth_cache_seconds": ("TRACKER_AUTH_CACHE_SECONDS", "5"),
     # Per token and API process (tracker/api/limits.py): requests per second (0: no limit), the
     # burst above that rate, and requests in progress at once (0: no cap).
@@ -100,6 +108,11 @@ def _parse(kind: str, var: str, raw: str | None) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str | None
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None
+    kafka_ssl_cafile: str | None
     database_url: str | None
     database_read_urls: str | None
     replica_max_lag_seconds: float
@@ -122,7 +135,7 @@ class Settings:
     api_port: int
     api_validate_responses: bool
     api_workers: int
-    auth: str
+    auth: str | None
     auth_cache_seconds: float
     rate_limit: float
     rate_burst: float
@@ -180,15 +193,16 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        """TRACKER_AUTH: on or off (nothing else, so that a typo cannot leave the API open)."""
-        if self.auth not in ("on", "off"):
+        """TRACKER_AUTH: on or off (nothing else, so that a typo cannot leave the API open);
+        unset is off."""
+        if self.auth not in ("on", "off", None):
             raise SettingsError(f"TRACKER_AUTH must be on or off, got {self.auth!r}")
         return self.auth == "on"
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict for the start-up log, passwords and tokens hidden."""
         out = dataclasses.asdict(self)
-        for key in ("api_token", "admin_token"):
+        for key in ("api_token", "admin_token", "kafka_sasl_password"):
             if out[key]:
                 out[key] = "***"
         for key in ("database_url", "database_read_urls"):

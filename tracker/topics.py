@@ -22,6 +22,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     *,
     max_message_bytes: int | None = None,
+    client_options: dict | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
@@ -29,7 +30,7 @@ async def ensure_topics(
     (the broker's default is 1 MiB whatever TRACKER_MAX_MESSAGE_BYTES says). Existing topics
     keep their configuration: the consumer exits with the broker's refusal if theirs is smaller."""
     configs = {} if max_message_bytes is None else {"max.message.bytes": str(record_limit(max_message_bytes))}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

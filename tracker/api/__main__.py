@@ -12,6 +12,7 @@ import uvicorn
 
 from tracker.api.app import create_app
 from tracker.api.oidc import OidcVerifier
+from tracker.kafka import client_options
 from tracker.logs import setup_logging
 from tracker.settings import Settings, SettingsError
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.database_url:
             raise SettingsError("DATABASE_URL must be set (or use bin/run, which starts a local PostgreSQL)")
         settings.auth_enabled  # noqa: B018 -- refuses a TRACKER_AUTH that is neither on nor off
+        client_options(settings)  # the Kafka security settings of its producer
         if settings.oidc_issuer:
             if not settings.auth_enabled:
                 raise SettingsError("TRACKER_OIDC_ISSUER is set but TRACKER_AUTH is off: set TRACKER_AUTH=on")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 
 from tracker.cli.exits import EXIT_USAGE
@@ -22,7 +21,7 @@ def cmd_up(args, settings: Settings) -> int:
         settings = dataclasses.replace(settings, consumer_processes=args.consumers)
     if args.api_workers is not None:
         settings = dataclasses.replace(settings, api_workers=args.api_workers)
-    if "TRACKER_AUTH" not in os.environ:
+    if settings.auth is None:
         # The stack README's run command starts is protected unless asked otherwise; the API's
         # own default (off, with a warning at start) serves deployments that configure it.
         settings = dataclasses.replace(settings, auth="on")
@@ -103,6 +102,7 @@ def cmd_retention(args, settings: Settings) -> int:
 
 
 def cmd_topics(args, settings: Settings) -> int:
+    from tracker.kafka import client_options
     from tracker.topics import ensure_topics
 
     if not settings.kafka_bootstrap_servers:
@@ -113,6 +113,7 @@ def cmd_topics(args, settings: Settings) -> int:
             [settings.topic, settings.dlq_topic],
             settings.topic_partitions,
             max_message_bytes=settings.max_message_bytes,
+            client_options=client_options(settings),
         )
     )
     print("created: " + ", ".join(created) if created else "topics exist")

@@ -38,6 +38,7 @@ def _event_from_args(args) -> dict:
 
 def cmd_send(args, settings: Settings) -> int:
     from tracker.events import Invalid, encode_document, parse_message
+    from tracker.kafka import explain
     from tracker.producer import send_one
 
     if not settings.kafka_bootstrap_servers:
@@ -51,10 +52,11 @@ def cmd_send(args, settings: Settings) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(send_one(settings, value, key=parsed.trace_id))
+    except SettingsError:
+        raise
     except Exception as exc:  # any Kafka failure: say so in one line
-        print(
-            f"tracker send: Kafka at {settings.kafka_bootstrap_servers} did not take the event: {exc}", file=sys.stderr
-        )
+        reason = explain(settings, exc) or f"Kafka at {settings.kafka_bootstrap_servers} did not take the event: {exc}"
+        print(f"tracker send: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(json.dumps({"sent": True, "topic": settings.topic, "trace_id": parsed.trace_id, "event_id": parsed.event_id}))
     return 0

@@ -67,9 +67,19 @@ class LocalKafka:
     """One combined broker + controller on 127.0.0.1, data in ``state_dir``."""
 
     def __init__(
-        self, state_dir: Path, *, heap: str = "768m", java_home: str | None = None, cache_home: str | None = None
+        self,
+        state_dir: Path,
+        *,
+        heap: str = "768m",
+        java_home: str | None = None,
+        cache_home: str | None = None,
+        sasl_users: dict[str, str] | None = None,
     ) -> None:
+        """``sasl_users`` (name: password): also listen with SASL_PLAINTEXT on ``sasl_port``,
+        where these users log in by PLAIN or SCRAM-SHA-512 (the tests of KAFKA_SASL_*)."""
         self.state_dir = Path(state_dir)
+        self.sasl_users = sasl_users or {}
+        self.sasl_port: int | None = None
         self.java_home, self.cache_home = java_home, cache_home
         self.log_dirs = self.state_dir / "data"
         self.config_file = self.state_dir / "server.properties"
@@ -83,6 +93,10 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
 
     def _write_config(self) -> None:
         # Static controller.quorum.voters (not --standalone) so that the ports
@@ -108,6 +122,25 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "message.max.bytes": str(8 * 1024 * 1024),
         }
+        if self.sasl_users:
+            # The PLAINTEXT listener stays for the broker itself and our readiness check.
+            plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users.items())
+            props.update(
+                {
+                    "listeners": props["listeners"] + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                    "advertised.listeners": props["advertised.listeners"]
+                    + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                    "listener.security.protocol.map": props["listener.security.protocol.map"]
+                    + ",SASL_PLAINTEXT:SASL_PLAINTEXT",
+                    "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+                    "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                        f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+                    ),
+                    "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    ),
+                }
+            )
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _java(self) -> str:
@@ -122,6 +155,8 @@ class LocalKafka:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._classpath = kafka_classpath(self.cache_home)
         self.port, self.controller_port = free_port(), free_port()
+        if self.sasl_users:
+            self.sasl_port = free_port()
         self._write_config()
         java = self._java()
         if not (self.log_dirs / "meta.properties").exists():
@@ -136,6 +171,11 @@ class LocalKafka:
                     f"--cluster-id={_cluster_id()}",
                     "-c",
                     str(self.config_file),
+                    # SCRAM credentials live in the cluster metadata, written at format time.
+                    *(
+                        f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
+                        for name, password in self.sasl_users.items()
+                    ),
                 ],
                 capture_output=True,
                 text=True,

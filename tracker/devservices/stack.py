@@ -28,6 +28,7 @@ from pathlib import Path
 from tracker.devservices import services as devservices
 from tracker.devservices.postgres import create_database
 from tracker.devservices.watchdog import Watchdog
+from tracker.kafka import client_options
 from tracker.migrate import migrate
 from tracker.settings import Settings
 from tracker.tokens import PREFIX, ensure_admin_token, usable
@@ -81,6 +82,10 @@ class Stack:
         kafka = self.services.enter_context(devservices.kafka(settings, self.state / "kafka", watchdog=self.watchdog))
         bootstrap = kafka.bootstrap_servers
         settings = dataclasses.replace(settings, kafka_bootstrap_servers=bootstrap)
+        if kafka.local is not None:
+            # The broker we start listens in plain text on loopback; KAFKA_SECURITY_PROTOCOL and
+            # the SASL settings are for a broker you configure.
+            settings = dataclasses.replace(settings, kafka_security_protocol="PLAINTEXT")
         applied = asyncio.run(migrate(database_url))
         log.info("migrations applied: %s", applied or "none needed")
         asyncio.run(
@@ -89,6 +94,7 @@ class Stack:
                 [settings.topic, settings.dlq_topic],
                 settings.topic_partitions,
                 max_message_bytes=settings.max_message_bytes,
+                client_options=client_options(settings),
             )
         )
         if settings.auth_enabled:
