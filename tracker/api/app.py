@@ -18,7 +18,7 @@ from connexion.middleware.security import SecurityMiddleware
 from connexion.validators import VALIDATOR_MAP
 
 from tracker.api.allow_header import AllowHeaderMiddleware
-from tracker.api.auth import AuthMiddleware
+from tracker.api.auth import Authenticator, AuthMiddleware
 from tracker.api.lean import TraceDocumentMiddleware
 from tracker.api.limits import TokenLimits
 from tracker.api.metrics import ApiMetrics, MetricsMiddleware
@@ -29,6 +29,7 @@ from tracker.db import TRANSIENT_ERRORS, create_pool, keep_session
 from tracker.producer import EventPublisher
 from tracker.settings import Settings
 from tracker.spec import spec
+from tracker.web.pages import WebPages
 
 log = logging.getLogger("tracker.api")
 
@@ -109,16 +110,28 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         },
     )
     app.add_middleware(MetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics)
+    authenticator: Authenticator | None = None
+    limits: TokenLimits | None = None
     if settings.auth_enabled:
+        authenticator = Authenticator(
+            settings.auth_cache_seconds, metrics, OidcVerifier(settings) if settings.oidc_issuer else None
+        )
+        limits = TokenLimits(settings.rate_limit, settings.rate_burst, settings.max_concurrent)
         app.add_middleware(
             AuthMiddleware,
             position=MiddlewarePosition.BEFORE_VALIDATION,
             spec=spec(),
-            cache_seconds=settings.auth_cache_seconds,
-            metrics=metrics,
-            limits=TokenLimits(settings.rate_limit, settings.rate_burst, settings.max_concurrent),
-            oidc=OidcVerifier(settings) if settings.oidc_issuer else None,
+            authenticator=authenticator,
+            limits=limits,
         )
+    # The web pages at / (tracker/web), ahead of Connexion's routing, with the same sign-in checks.
+    app.add_middleware(
+        WebPages,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        auth_enabled=settings.auth_enabled,
+        authenticator=authenticator,
+        limits=limits,
+    )
     # The trace document without Connexion's per-request handler decoration (tracker/api/lean.py).
     app.add_middleware(TraceDocumentMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     if settings.read_urls:

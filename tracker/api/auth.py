@@ -54,76 +54,37 @@ def _too_many(detail: str, seconds: float) -> ProblemException:
     )
 
 
-class AuthMiddleware:
-    def __init__(
-        self, app, spec: dict, cache_seconds: float, metrics, limits: TokenLimits, oidc: OidcVerifier | None = None
-    ) -> None:
-        self.app = app
-        self.oidc = oidc
-        self.scopes = required_scopes(spec)
+class Authenticator:
+    """Who a token is, and whether it may do what it asks: the API's middleware (a bearer
+    header) and the web pages (tracker/web: a cookie) ask the same object, so both see one cache
+    and count refusals in the same metric.
+
+    A token's record is cached for TRACKER_AUTH_CACHE_SECONDS, keyed by the token's digest, not
+    the token: no secret is compared byte by byte in this process (the database compares digests
+    too)."""
+
+    def __init__(self, cache_seconds: float, metrics, oidc: OidcVerifier | None = None) -> None:
         self.cache_seconds = cache_seconds
         self.metrics = metrics
-        self.limits = limits
-        # Keyed by the token's digest, not the token: no secret is compared byte by byte in
-        # this process (the database compares digests too).
+        self.oidc = oidc
         self._cache: dict[bytes, tuple[TokenInfo | None, float]] = {}
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            routed = operation_id(scope)
-            needed = self.scopes.get(routed) if routed else None
-            if needed is not None:
-                info = await self._check(scope, needed)
-                # What the handlers filter by (tracker/api/tenancy.py); the state is the request's own copy.
-                scope["state"]["tenants"] = info.tenants
-                await self._limited(info, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _limited(self, info: TokenInfo, scope, receive, send) -> None:
-        wait = self.limits.take(info.id)
-        if wait is not None:
-            self._refused("rate")
-            raise _too_many(
-                f"This token is over its rate of {self.limits.rate:g} requests per second "
-                f"(bursts of {self.limits.burst:g}); retry after the time in Retry-After.",
-                wait,
-            )
-        if not self.limits.enter(info.id):
-            self._refused("concurrency")
-            raise _too_many(
-                f"This token already has {self.limits.concurrency} requests in progress, its limit; "
-                "wait for one to finish.",
-                1,
-            )
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.limits.leave(info.id)
-
-    async def _check(self, scope, needed: str) -> TokenInfo:
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if header is None:
-            self._refused("missing")
-            raise _unauthorized("This route needs a bearer token: send 'Authorization: Bearer <token>'.")
-        kind, _, token = header.decode("latin-1").partition(" ")
-        token = token.strip()
-        if kind.lower() != "bearer" or not token:
-            self._refused("malformed")
-            raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
+    async def identify(self, pool, token: str, needed: str) -> TokenInfo:
+        """The token's identity if it may use a route needing ``needed``; else ProblemException
+        401 (unknown, revoked, expired) or 403 (scope)."""
         info: TokenInfo | None
         if self.oidc is not None and looks_like_jwt(token):
             info = await self._verify_jwt(token)
         else:
-            info = await self._lookup(scope, token)
+            info = await self._lookup(pool, token)
         # The same answer for an unknown, a revoked and an expired token: which of them it is
         # is for the token's owner to find in `tracker tokens list`, not for whoever holds it.
         if info is None or info.revoked or (info.expires_at is not None and info.expires_at <= datetime.now(UTC)):
             reason = "unknown" if info is None else "revoked" if info.revoked else "expired"
-            self._refused(reason)
+            self.refused(reason)
             raise _unauthorized("The bearer token is unknown, revoked or expired.", error="invalid_token")
         if not info.allows(needed):
-            self._refused("scope")
+            self.refused("scope")
             raise ProblemException(
                 status=403,
                 title="Forbidden",
@@ -132,13 +93,13 @@ class AuthMiddleware:
             )
         return info
 
-    async def _lookup(self, scope, token: str) -> TokenInfo | None:
+    async def _lookup(self, pool, token: str) -> TokenInfo | None:
         now = time.monotonic()
         key = digest(token)
         cached = self._cache.get(key)
         if cached is not None and now - cached[1] < self.cache_seconds:
             return cached[0]
-        async with scope["state"]["pool"].acquire() as conn:
+        async with pool.acquire() as conn:
             info = await find_token(conn, key)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
@@ -158,13 +119,67 @@ class AuthMiddleware:
             info = await self.oidc.verify(token)
         except InvalidToken as exc:
             log.info("bearer JWT refused: %s", exc)  # the reason, never the token
-            self._refused("expired" if exc.expired else "unknown")
+            self.refused("expired" if exc.expired else "unknown")
             raise _unauthorized("The bearer token is unknown, revoked or expired.", error="invalid_token") from None
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[key] = (info, now)
         return info
 
-    def _refused(self, reason: str) -> None:
+    def refused(self, reason: str) -> None:
         # Bounded label values; never the token, nor its name.
         self.metrics.auth_refused.labels(reason).inc()
+
+
+class AuthMiddleware:
+    def __init__(self, app, spec: dict, authenticator: Authenticator, limits: TokenLimits) -> None:
+        self.app = app
+        self.scopes = required_scopes(spec)
+        self.authenticator = authenticator
+        self.limits = limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            routed = operation_id(scope)
+            needed = self.scopes.get(routed) if routed else None
+            if needed is not None:
+                info = await self._check(scope, needed)
+                # What the handlers filter by (tracker/api/tenancy.py); the state is the request's own copy.
+                scope["state"]["tenants"] = info.tenants
+                await limited(self.limits, self.authenticator, info, self.app, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope, needed: str) -> TokenInfo:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None:
+            self.authenticator.refused("missing")
+            raise _unauthorized("This route needs a bearer token: send 'Authorization: Bearer <token>'.")
+        kind, _, token = header.decode("latin-1").partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            self.authenticator.refused("malformed")
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
+        return await self.authenticator.identify(scope["state"]["pool"], token, needed)
+
+
+async def limited(limits: TokenLimits, authenticator: Authenticator, info: TokenInfo, app, scope, receive, send):
+    """Run ``app`` for this request within the token's rate and concurrency limits (429 when over)."""
+    wait = limits.take(info.id)
+    if wait is not None:
+        authenticator.refused("rate")
+        raise _too_many(
+            f"This token is over its rate of {limits.rate:g} requests per second "
+            f"(bursts of {limits.burst:g}); retry after the time in Retry-After.",
+            wait,
+        )
+    if not limits.enter(info.id):
+        authenticator.refused("concurrency")
+        raise _too_many(
+            f"This token already has {limits.concurrency} requests in progress, its limit; wait for one to finish.",
+            1,
+        )
+    try:
+        await app(scope, receive, send)
+    finally:
+        limits.leave(info.id)
