@@ -79,9 +79,10 @@ async def stack(settings, db, launch):
     await write_batch(db, events_of([{k: v for k, v in d.items() if v is not None} for d in docs]))
     _, reader = await create_token(db, "web reader", ["read"])
     _, tenant = await create_token(db, "web tenant", ["read"], tenants=Tenants(account=("acct-web",)))
+    _, admin = await create_token(db, "web admin", ["admin"])
     web = dataclasses.replace(settings, auth="on", log_level="INFO")
     api = await launch.api(web)
-    return web, api, {"reader": reader, "tenant": tenant}
+    return web, api, {"reader": reader, "tenant": tenant, "admin": admin}
 
 
 def sign_in(browser, base: str, token: str) -> None:
@@ -172,3 +173,42 @@ async def test_a_token_bound_to_an_account_sees_only_its_traces(stack, browser, 
     browser.get(settings.api_url + "/traces/web-0001")  # the other account's
     assert "No event has been seen" in browser.find_element(By.ID, "problem").text
     browser.save_screenshot(str(shots / "unknown.png"))
+
+
+async def test_events_now_and_rejected_pages_show_the_platform_to_an_admin(
+    stack, browser, launch, kafka_bootstrap, shots
+):
+    settings, _, tokens = stack
+    await launch.consumer(settings)
+    # A message the consumer must reject, and a counted event for the rollups.
+    now = datetime.now(UTC)
+    await produce(
+        kafka_bootstrap,
+        settings.topic,
+        [(b"junk", b"{not json"), (b"web-now", encode(payload_tracker("web-now", "ingress", "error", now)))],
+    )
+    sign_in(browser, settings.api_url, tokens["admin"])
+    deadline = time.monotonic() + 30
+    while True:
+        browser.get(settings.api_url + "/rejected?reason=not_json")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#rejected tbody tr")
+        if "not_json" in rows[0].text:
+            break
+        assert time.monotonic() < deadline, "the rejected message never showed"
+        time.sleep(0.5)
+    assert "{not json" in rows[0].text and f"{settings.topic}[" in rows[0].text
+    browser.save_screenshot(str(shots / "rejected.png"))
+    browser.get(settings.api_url + "/now?window=15m")
+    services = browser.find_element(By.ID, "services").text
+    assert "ingress" in services
+    assert "web-now" in browser.find_element(By.ID, "failed").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".chart rect.events")
+    browser.save_screenshot(str(shots / "now.png"))
+    browser.get(settings.api_url + "/events?service=puptoo&status=error&lookback=24h")
+    events = browser.find_elements(By.CSS_SELECTOR, "#results a.trace-link")
+    assert events and {e.text for e in events} <= {f"web-{i:04d}" for i in range(0, TRACES, 10)}
+    # Now and Rejected are platform-wide: a read token is told so, not shown them.
+    browser.find_element(By.CSS_SELECTOR, ".signout button").click()
+    sign_in(browser, settings.api_url, tokens["reader"])
+    browser.get(settings.api_url + "/now")
+    assert "admin" in browser.find_element(By.ID, "problem").text

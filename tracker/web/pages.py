@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -29,10 +29,13 @@ from starlette.staticfiles import StaticFiles
 from tracker.api import cursor as cursors
 from tracker.api import params
 from tracker.api.auth import Authenticator, limited
+from tracker.api.deadletters import dead_letter_out
 from tracker.api.limits import TokenLimits
 from tracker.db import TRANSIENT_ERRORS
-from tracker.queries import search
+from tracker.events import ERROR_STATUSES
+from tracker.queries import deadletters, search, stats
 from tracker.queries import traces as q
+from tracker.spec import spec
 from tracker.tenants import Tenants
 
 log = logging.getLogger("tracker.web")
@@ -45,6 +48,13 @@ PAGE_SIZE = 50
 PRESETS = ("15m", "1h", "6h", "24h", "7d")
 FILTERS = search.TRACE_FILTERS
 HISTORY_LIMIT = 1000
+NOW_WINDOWS = ("15m", "1h", "6h", "24h")
+# The dead letters' reasons: the enum of GET /v1/dead-letters?reason= in the spec.
+REJECT_REASONS = tuple(
+    next(p for p in spec()["paths"]["/v1/dead-letters"]["get"]["parameters"] if p.get("name") == "reason")["schema"][
+        "enum"
+    ]
+)
 
 templates = Environment(
     loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), enable_async=False
@@ -100,6 +110,9 @@ class WebPages:
             routes=[
                 Route("/", self.search_page),
                 Route("/traces.csv", self.search_csv),
+                Route("/events", self.events_page),
+                Route("/now", self.now_page),
+                Route("/rejected", self.rejected_page),
                 Route("/traces/{trace_id:path}/live", self.trace_live),
                 Route("/traces/{trace_id:path}", self.trace_page),
                 Route("/signin", self.signin, methods=["GET", "POST"]),
@@ -107,7 +120,7 @@ class WebPages:
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
             ]
         )
-        self.paths = ("/", "/traces.csv", "/signin", "/signout")
+        self.paths = ("/", "/traces.csv", "/events", "/now", "/rejected", "/signin", "/signout")
 
     def _ours(self, path: str) -> bool:
         return path in self.paths or path.startswith(("/traces/", "/static/"))
@@ -312,6 +325,92 @@ class WebPages:
 
         return await self._serve(request, render)
 
+    # --- events, now, rejected ---------------------------------------------------------------
+
+    def _next(self, request: Request, ts: datetime, key) -> str:
+        kept = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
+        return request.url.path + "?" + urlencode({**kept, "cursor": cursors.encode(ts, key)})
+
+    async def events_page(self, request: Request) -> Response:
+        """The statuses across traces (GET /v1/events) with its filters."""
+
+        async def render(request: Request, tenants: Tenants | None) -> Response:
+            query = request.query_params
+            filters = {name: (query.get(name) or None) for name in search.EVENT_FILTERS}
+            lookback = query.get("lookback") or (None if query.get("since") else "1h")
+            since, until = params.window(query.get("since") or None, query.get("until") or None, lookback)
+            position = _position(query.get("cursor"))
+            async with request.state.reads.acquire() as conn:
+                rows = await search.search_events(
+                    conn, filters=filters, since=since, until=until, after=position, limit=PAGE_SIZE + 1,
+                    tenants=tenants,
+                )  # fmt: skip
+            shown = rows[:PAGE_SIZE]
+            more = self._next(request, shown[-1]["ts"], shown[-1]["event_id"]) if len(rows) > PAGE_SIZE else None
+            return self._render(
+                request, "events.html", rows=shown, more=more, query=query, presets=PRESETS,
+                lookback=lookback or "", filters=search.EVENT_FILTERS,
+            )  # fmt: skip
+
+        return await self._serve(request, render)
+
+    async def now_page(self, request: Request) -> Response:
+        """Per service over a window: events, failures, success rate, elapsed percentiles, the
+        latest failed traces, and counts per minute; from the rollups (admin: platform-wide)."""
+
+        async def render(request: Request, tenants: Tenants | None) -> Response:
+            window = request.query_params.get("window") or "1h"
+            if window not in NOW_WINDOWS:
+                raise PageError(400, "Bad window", f"window must be one of {', '.join(NOW_WINDOWS)}")
+            now = datetime.now(UTC)
+            since = params.before(now, params.duration(window, "window"))
+            width = timedelta(minutes=1) if window in ("15m", "1h") else timedelta(minutes=10 if window == "6h" else 60)
+            async with request.state.reads.acquire() as conn:
+                services = await stats.services(conn, since)
+                elapsed = {r["service"]: r for r in await stats.elapsed_percentiles(conn, since, None)}
+                counts = orjson.loads(await stats.counts_document(conn, since, width, None))["data"]
+                failed = await search.search_traces(
+                    conn, filters={"status": "failed"}, since=since, limit=10, tenants=tenants
+                )
+            rows = [
+                {**dict(s), "rate": s["success"] / (s["success"] + s["error"]) if s["success"] + s["error"] else None,
+                 **{k: elapsed.get(s["service"], {}).get(k) for k in ("p50", "p95", "p99")}}
+                for s in services
+            ]  # fmt: skip
+            return self._render(
+                request, "now.html", rows=rows, failed=failed, window=window, windows=NOW_WINDOWS,
+                chart=_chart(counts, since, now, width), width=f"{width.total_seconds() / 60:g} min",
+            )  # fmt: skip
+
+        return await self._serve(request, render, needed="admin")
+
+    async def rejected_page(self, request: Request) -> Response:
+        """The dead letters (GET /v1/dead-letters): why, from where, when, a bounded excerpt."""
+
+        async def render(request: Request, tenants: Tenants | None) -> Response:
+            query = request.query_params
+            reason = query.get("reason") or None
+            lookback = query.get("lookback") or (None if query.get("since") else "24h")
+            since, until = params.window(query.get("since") or None, query.get("until") or None, lookback)
+            cursor = query.get("cursor")
+            try:
+                position = cursors.decode_numbered(cursor) if cursor else None
+            except cursors.BadCursor as exc:
+                raise PageError(400, "Bad link", str(exc)) from None
+            async with request.state.reads.acquire() as conn:
+                rows = await deadletters.list_dead_letters(
+                    conn, reason=reason, since=since, until=until, after=position, limit=PAGE_SIZE + 1
+                )
+            shown = [dead_letter_out(r) for r in rows[:PAGE_SIZE]]
+            last = rows[PAGE_SIZE - 1] if len(rows) > PAGE_SIZE else None
+            more = self._next(request, last["received_at"], last["id"]) if last is not None else None
+            return self._render(
+                request, "rejected.html", rows=shown, more=more, query=query, presets=PRESETS,
+                lookback=lookback or "", reasons=REJECT_REASONS,
+            )  # fmt: skip
+
+        return await self._serve(request, render, needed="admin")
+
     # --- one trace -------------------------------------------------------------------------
 
     async def _trace(self, request: Request, tenants: Tenants | None) -> dict:
@@ -362,6 +461,34 @@ def _timeline(trace: dict) -> list[dict]:
         width = max(100 * length / span, 0.5)  # an instant still shows
         bars.append({**s, "left": min(100 * first / span, 100 - width), "width": width, "outcome": outcome})
     return bars
+
+
+def _position(cursor: str | None):
+    try:
+        return cursors.decode(cursor) if cursor else None
+    except cursors.BadCursor as exc:
+        raise PageError(400, "Bad link", str(exc)) from None
+
+
+def _chart(counts: list[dict], since: datetime, now: datetime, width: timedelta) -> dict:
+    """Counts per bucket as SVG bar geometry (events and, on top, failures): drawn by the
+    server, so the page needs no charting library."""
+    totals: dict[str, list[int]] = {}
+    for c in counts:
+        slot = totals.setdefault(c["bucket"], [0, 0])
+        slot[0] += c["events"]
+        if c["status"] in ERROR_STATUSES:
+            slot[1] += c["events"]
+    n = max(1, int((now - since) / width) + 1)
+    start = since.timestamp() // width.total_seconds() * width.total_seconds()
+    peak = max([t[0] for t in totals.values()], default=0) or 1
+    bars = []
+    for key, (events, errors) in totals.items():
+        i = int((datetime.fromisoformat(key).timestamp() - start) // width.total_seconds())
+        if 0 <= i < n:
+            bars.append({"x": i * 600 / n, "w": max(600 / n - 1, 1), "h": 100 * events / peak,
+                         "e": 100 * errors / peak, "label": f"{key}: {events} events, {errors} failed"})  # fmt: skip
+    return {"bars": bars, "peak": peak}
 
 
 def _local(target: str) -> str:
