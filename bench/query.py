@@ -9,6 +9,8 @@
    loopback with wrk from a second process: per endpoint, requests/s and
    latency p50/p99. Targets: trace lookup p99 <= 10 ms and >= 1,500 req/s;
    filtered search p99 <= 50 ms; rollups over 24 h p99 <= 100 ms; API RSS <= 200 MB.
+   The web pages (tracker/web): the trace page of a trace of 1,000 events and a search page,
+   server-rendered; target p99 <= 50 ms each.
    The trace lookup again with TRACKER_AUTH=on (a read token; one bound to tenants), beside
    the same lookup with auth off, in the same run: the target holds with auth on too.
 3. Baseline on the same data: the Payload Tracker way (exact COUNT + OFFSET
@@ -35,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import orjson
 
 from bench.common import rss_peak_bytes
 from tracker.devservices.ports import free_port
@@ -147,6 +150,42 @@ async def load(url: str, traces: int) -> None:
             print(f"  derived {sql.split()[2]} ({time.perf_counter() - began:.0f} s)", flush=True)
         assert "rollup_counts_hour" in DERIVE[2]
         await conn.execute("UPDATE traces SET created_at = first_at")  # as if ingested live
+    finally:
+        await conn.close()
+
+
+BIG_TRACE = "bench-page-trace"
+
+
+async def add_big_trace(url: str) -> None:
+    """One trace of 1,000 events (the data set's have 10), for the trace page's figure; written
+    by the consumer's own write path, so its state rows are what the consumer makes. Idempotent."""
+    from consumer.store import prepare_connection, write_batch
+    from tracker.db import init_connection
+    from tracker.events import Event, parse_message
+
+    conn = await asyncpg.connect(url)
+    try:
+        if await conn.fetchval("SELECT event_count FROM traces WHERE trace_id = $1", BIG_TRACE) == 1000:
+            return
+        await init_connection(conn)
+        await prepare_connection(conn)
+        start = datetime.now(UTC) - timedelta(hours=2)
+        events = []
+        for i in range(1000):
+            doc = {
+                "trace_id": BIG_TRACE,
+                "event_id": f"{BIG_TRACE}-{i}",
+                "service": f"service-{i % 20:02d}",
+                "status": "error" if i % 97 == 0 else "success" if i % 2 else "received",
+                "timestamp": (start + timedelta(seconds=i)).isoformat(),
+                "message": f"step {i}",
+                "body": {"files": [f"s3://bucket/{i}/{j}" for j in range(3)]},
+            }
+            parsed = parse_message(orjson.dumps(doc), max_bytes=1 << 20)
+            assert isinstance(parsed, Event), parsed
+            events.append(parsed)
+        await write_batch(conn, events)
     finally:
         await conn.close()
 
@@ -363,6 +402,7 @@ def main() -> None:
 
         print(f"data set: {args.traces * 10:,} events, {args.traces:,} traces, 20 services, {DAYS} days", flush=True)
         size = asyncio.run(prepare())
+        asyncio.run(add_big_trace(url))
         print(f"  database size {size}", flush=True)
 
         api, base = start_api(url, 1, state)
@@ -392,6 +432,13 @@ def main() -> None:
             ("rollup: elapsed percentiles 24h", ["/v1/stats/elapsed?lookback=24h"], ("p99 <= 100 ms", 100), None),
             ("rollup: services 24h", ["/v1/services?lookback=24h"], ("p99 <= 100 ms", 100), None),
             ("rollup: success rate 24h", ["/v1/stats/success-rate?lookback=24h"], ("p99 <= 100 ms", 100), None),
+            ("page: trace of 1,000 events", [f"/traces/{BIG_TRACE}"], ("p99 <= 50 ms", 50), None),
+            (
+                "page: search, service + failed, 24h",
+                [f"/?service={s}&status=failed&lookback=24h" for s in services],
+                ("p99 <= 50 ms", 50),
+                None,
+            ),
         ]
         print(
             f"\nwrk, 1 thread, {args.connections} connections, {args.duration} s per endpoint after a 3 s warm-up, "
