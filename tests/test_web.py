@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from consumer.store import prepare_connection, write_batch
-from tests.helpers.factories import encode, events_of, payload_tracker
+from tests.helpers.factories import encode, events_of, payload_tracker, tracker_event
 from tests.helpers.ingest import produce
 from tracker.db import init_connection
 from tracker.tenants import Tenants
@@ -93,6 +94,17 @@ def sign_in(browser, base: str, token: str) -> None:
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "results"))
 
 
+def text_of(browser, css: str) -> str:
+    """An element's text on a page that replaces its live part every 2 s: found and read again
+    if the refresh swapped it in between."""
+    for _ in range(20):
+        try:
+            return browser.find_element(By.CSS_SELECTOR, css).text
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{css} kept changing under us")
+
+
 def trace_links(browser) -> list[str]:
     return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#results a.trace-link")]
 
@@ -134,20 +146,43 @@ async def test_a_new_event_appears_on_the_open_trace_page_without_a_reload(stack
     await launch.consumer(settings)
     sign_in(browser, settings.api_url, tokens["reader"])
     browser.get(settings.api_url + "/traces/web-live")
-    assert browser.find_element(By.ID, "event-count").text == "1"
+    assert text_of(browser, "#event-count") == "1"
     browser.execute_script("window.notReloaded = true")
     later = datetime.now(UTC)
     await produce(
         kafka_bootstrap,
         settings.topic,
-        [(b"web-live", encode(payload_tracker("web-live", "puptoo", "error", later, status_msg="late failure")))],
+        [
+            (
+                b"web-live",
+                encode(
+                    tracker_event(
+                        "web-live",
+                        "puptoo",
+                        "error",
+                        later,
+                        message="late failure",
+                        body={"files_incoming": ["s3://in/archive.tar"], "files_outgoing": []},
+                    )
+                ),
+            )
+        ],
     )
     deadline = time.monotonic() + 30
-    while browser.find_element(By.ID, "event-count").text != "2":
+    while text_of(browser, "#event-count") != "2":
         assert time.monotonic() < deadline, "the page never showed the new event"
         time.sleep(0.3)
     assert browser.execute_script("return window.notReloaded") is True
-    assert "late failure" in browser.find_element(By.ID, "history").text
+    assert "late failure" in text_of(browser, "#history")
+    # The lineage expands in place, and stays open across the refreshes that follow.
+    # The refresh may swap the table between finding the summary and clicking it: ask again.
+    WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#history details summary").click() or True
+    )
+    assert "s3://in/archive.tar" in text_of(browser, "details[open] .lineage")
+    time.sleep(4.5)  # two refreshes (the trace is not done)
+    assert browser.find_elements(By.CSS_SELECTOR, "details[open] .lineage")
+    assert browser.execute_script("return window.notReloaded") is True
 
 
 async def test_the_csv_export_holds_every_matching_trace_with_formulas_neutralised(stack, browser):

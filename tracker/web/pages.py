@@ -82,7 +82,14 @@ def _fmt_seconds(value) -> str:
     )
 
 
+def _pretty(value) -> str:
+    """JSON for people, by orjson: Jinja's tojson (the json module) took a third of the render
+    of a 1,000-event trace page. Escaped by the template's autoescape like any text."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
 templates.filters["time"] = _fmt_time
+templates.filters["pretty"] = _pretty
 templates.filters["seconds"] = _fmt_seconds
 
 

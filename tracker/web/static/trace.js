@@ -10,12 +10,13 @@
   }
   function refresh() {
     if (done()) return;
-    var open = {};
-    live.querySelectorAll("details[open]").forEach(function (d) { open[d.getAttribute("data-key")] = true; });
     fetch(live.getAttribute("data-live"), { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
         if (html === null) return;
+        // What is open now, not when the request left: one opened meanwhile stays open.
+        var open = {};
+        live.querySelectorAll("details[open]").forEach(function (d) { open[d.getAttribute("data-key")] = true; });
         live.innerHTML = html;
         live.querySelectorAll("details").forEach(function (d) {
           if (open[d.getAttribute("data-key")]) d.open = true;
