@@ -462,7 +462,7 @@ async def main_async(args, bootstrap: str, admin_url: str) -> None:
     print(
         f"ingest of {args.events:,} events, {args.partitions} partitions, batches of up to "
         f"{settings.batch_max_records}, {settings.consumer_processes} consumer process(es) "
-        f"(TRACKER_CONSUMER_PROCESSES) of {settings.consumer_writers} writers each"
+        f"(TRACKER_CONSUMER_PROCESSES) sharing {settings.consumer_writers} writers (TRACKER_CONSUMER_WRITERS)"
     )
     print(f"  consumer (validate + dead-letter + events + trace state, commit): {consumer_rate:>10,.0f} events/s")
     print(

@@ -73,6 +73,12 @@ def run_group(settings: Settings, serve) -> int:
         member = dataclasses.replace(
             settings,
             consumer_processes=1,
+            # TRACKER_CONSUMER_WRITERS counts the command's concurrent writes, whatever its
+            # processes: each member holds its share. Two members of two writers each held four
+            # batches in flight where one process holds two, for no more throughput (300,000
+            # events, alternating: 26.1k/26.4k with 2 each vs 29.2k/26.6k with 1 each), and their
+            # peak PSS summed was bench/ingest's memory target's margin (140/139 vs 124/137 MiB).
+            consumer_writers=max(1, settings.consumer_writers // settings.consumer_processes),
             consumer_host="127.0.0.1",
             consumer_port=port,
             # Static membership needs one id per member.
