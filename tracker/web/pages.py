@@ -15,12 +15,14 @@ import csv
 import io
 import logging
 from datetime import UTC, datetime, timedelta
+from html import escape
 from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
 from connexion.exceptions import ProblemException
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
@@ -435,7 +437,8 @@ class WebPages:
                 conn, trace_id, descending=False, include_body=True, after=None, limit=HISTORY_LIMIT + 1
             )
         trace = orjson.loads(document)
-        return {"trace": trace, "events": events[:HISTORY_LIMIT], "truncated": len(events) > HISTORY_LIMIT,
+        shown = events[:HISTORY_LIMIT]
+        return {"trace": trace, "events": shown, "history": _history(shown), "truncated": len(events) > HISTORY_LIMIT,
                 "timeline": _timeline(trace)}  # fmt: skip
 
     async def trace_page(self, request: Request) -> Response:
@@ -451,6 +454,40 @@ class WebPages:
             return self._render(request, "trace_live.html", **await self._trace(request, tenants))
 
         return await self._serve(request, render)
+
+
+def _history(events) -> Markup:
+    """The history's rows, built here rather than in the template: for a 1,000-event trace the
+    template's per-cell escaping and lookups took 21 ms of a page whose target is 50 ms
+    (bench/query); html.escape on each value is the same escaping, in C."""
+    out = []
+    for e in events:
+        cells = "".join(
+            f"<td>{escape(str(v))}</td>" for v in (_fmt_time(e["ts"]), e["service"], e["operation"] or "", e["status"])
+        )
+        body, meta = e["body"], e["meta"]
+        details = ""
+        if body is not None or e["exception"] or meta is not None or e["errors"]:
+            parts = []
+            if isinstance(body, dict) and (body.get("files_incoming") or body.get("files_outgoing")):
+                incoming = ", ".join(map(str, body.get("files_incoming") or []))
+                outgoing = ", ".join(map(str, body.get("files_outgoing") or []))
+                parts.append(f'<p class="lineage">files in: {escape(incoming)} → out: {escape(outgoing)}</p>')
+            if e["errors"]:
+                parts.append(f"<p>errors: {escape('; '.join(e['errors']))}</p>")
+            if e["exception"]:
+                parts.append(f"<pre>{escape(e['exception'])}</pre>")
+            if meta is not None:
+                parts.append(f"<pre>meta: {escape(_pretty(meta))}</pre>")
+            if body is not None:
+                parts.append(f"<pre>body: {escape(_pretty(body))}</pre>")
+            key = escape(e["event_id"])
+            details = f'<details data-key="{key}"><summary>details</summary>{"".join(parts)}</details>'
+        out.append(
+            f'<tr class="{"failed" if e["failed"] else ""}" data-event="{escape(e["event_id"])}">{cells}'
+            f"<td>{escape(e['message'] or '')}{details}</td></tr>"
+        )
+    return Markup("\n".join(out))
 
 
 def _timeline(trace: dict) -> list[dict]:
