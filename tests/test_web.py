@@ -134,6 +134,10 @@ async def test_search_with_filters_and_paging_then_a_trace_with_its_timeline_and
     assert "failed" in bars[1].find_element(By.CSS_SELECTOR, ".span").get_attribute("class")
     assert "archive is corrupt" in browser.find_element(By.ID, "errors").text
     browser.save_screenshot(str(shots / "trace.png"))
+    # Its other views are the API's JSON routes: the sign-in cookie opens them in the same browser.
+    browser.find_element(By.LINK_TEXT, "Status API").click()
+    assert '"trace_event_status"' in browser.page_source or "trace_event_status" in browser.page_source
+    browser.back()
     # A bad filter and an unknown trace: a readable page, not a stack trace.
     browser.get(base + "/?min_duration=soon")
     assert "min_duration" in browser.find_element(By.ID, "problem").text

@@ -27,6 +27,7 @@ from tracker.tokens import TokenInfo, digest, find_token
 log = logging.getLogger("tracker.api.auth")
 
 _MAX_CACHED = 10_000
+COOKIE = "tracker_token"  # the web pages' sign-in cookie (tracker/web/pages.py sets it)
 
 
 def required_scopes(spec: dict) -> dict[str, str | None]:
@@ -152,6 +153,13 @@ class AuthMiddleware:
 
     async def _check(self, scope, needed: str) -> TokenInfo:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None and scope["method"] in ("GET", "HEAD"):
+            # The web pages' sign-in cookie (tracker/web), so that their links to the JSON, Status
+            # API and Payload Tracker views open in the same browser. Reads only: the cookie is
+            # SameSite=Strict, and a write still needs the header, which no other site can set.
+            token = _cookie(scope, COOKIE)
+            if token:
+                return await self.authenticator.identify(scope["state"]["pool"], token, needed)
         if header is None:
             self.authenticator.refused("missing")
             raise _unauthorized("This route needs a bearer token: send 'Authorization: Bearer <token>'.")
@@ -161,6 +169,16 @@ class AuthMiddleware:
             self.authenticator.refused("malformed")
             raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
         return await self.authenticator.identify(scope["state"]["pool"], token, needed)
+
+
+def _cookie(scope, name: str) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == name and v:
+                    return v
+    return None
 
 
 async def limited(limits: TokenLimits, authenticator: Authenticator, info: TokenInfo, app, scope, receive, send):
