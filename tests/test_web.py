@@ -86,9 +86,11 @@ async def stack(settings, db, launch):
     return web, api, {"reader": reader, "tenant": tenant, "admin": admin}
 
 
-def sign_in(browser, base: str, token: str) -> None:
+def sign_in(browser, base: str, token: str, shots: Path | None = None) -> None:
     browser.get(base + "/")
     assert "/signin" in browser.current_url  # no cookie yet: to the sign-in page
+    if shots is not None:
+        browser.save_screenshot(str(shots / "signin.png"))
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.ID, "signin").click()
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "results"))
@@ -112,7 +114,7 @@ def trace_links(browser) -> list[str]:
 async def test_search_with_filters_and_paging_then_a_trace_with_its_timeline_and_error(stack, browser, shots):
     settings, _, tokens = stack
     base = settings.api_url
-    sign_in(browser, base, tokens["reader"])
+    sign_in(browser, base, tokens["reader"], shots)
     browser.save_screenshot(str(shots / "search.png"))
     first = trace_links(browser)
     # Newest first (one batch wrote them all: same first-seen time, then trace id descending).
@@ -246,6 +248,7 @@ async def test_events_now_and_rejected_pages_show_the_platform_to_an_admin(
     browser.get(settings.api_url + "/events?service=puptoo&status=error&lookback=24h")
     events = browser.find_elements(By.CSS_SELECTOR, "#results a.trace-link")
     assert events and {e.text for e in events} <= {f"web-{i:04d}" for i in range(0, TRACES, 10)}
+    browser.save_screenshot(str(shots / "events.png"))
     # Now and Rejected are platform-wide: a read token is told so, not shown them.
     browser.find_element(By.CSS_SELECTOR, ".signout button").click()
     sign_in(browser, settings.api_url, tokens["reader"])

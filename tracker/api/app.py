@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 from pathlib import Path
 
@@ -72,6 +73,11 @@ def create_app(settings: Settings, *, validate_responses: bool = False) -> conne
         replicas = await Reads(settings, pool, metrics).start() if settings.read_urls else None
         # For HTTP ingestion only; reads never need Kafka, and the API starts without it.
         producer = EventPublisher(settings) if settings.kafka_bootstrap_servers else None
+        # What start-up loaded (the spec, its validators, the routes) is never garbage: left
+        # out of the collector's scans, a full collection takes ~1 ms instead of ~30, which a
+        # request that allocates much (a trace page of 1,000 events) met at its tail (scratch:
+        # max 47 -> 17.5 ms over 70 requests; the consumer does the same).
+        gc.freeze()
         try:
             yield {
                 "pool": pool,
