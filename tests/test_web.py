@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from consumer.store import prepare_connection, write_batch
+from tests.helpers.api import api_client
 from tests.helpers.factories import encode, events_of, payload_tracker, tracker_event
 from tests.helpers.ingest import produce
 from tracker.db import init_connection
@@ -254,3 +255,18 @@ async def test_events_now_and_rejected_pages_show_the_platform_to_an_admin(
     sign_in(browser, settings.api_url, tokens["reader"])
     browser.get(settings.api_url + "/now")
     assert "admin" in browser.find_element(By.ID, "problem").text
+
+
+async def test_a_database_that_stops_answering_is_a_readable_page_not_a_stack_trace(settings, db):
+    """The pool's connections are cut under the API (as a restart or a failover does): the
+    next page says the database is not answering (503), then pages are served again."""
+    with api_client(settings) as client:
+        assert client.get("/").status_code == 200
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        answer = client.get("/?lookback=1h")
+        assert answer.status_code == 503, answer.text[:300]
+        assert "The database is not answering" in answer.text and "Traceback" not in answer.text
+        assert client.get("/").status_code == 200
