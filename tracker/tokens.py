@@ -34,6 +34,10 @@ class TokenInfo:
     revoked: bool
     tenants: Tenants | None = None  # None: not bound, every trace
 
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
+
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 
@@ -55,9 +59,23 @@ async def create_token(
             "an admin token reads the whole platform (rollups, dead letters); it cannot be bound to tenants"
         )
     token = PREFIX + secrets.token_urlsafe(32)
-    token_id = await conn.fetchval(
+    token_id = await _insert(conn, name, token, scopes, expires_at, tenants)
+    assert token_id is not None  # a fresh 256-bit token has no stored twin
+    return token_id, token
+
+
+async def _insert(
+    conn: Connection,
+    name: str,
+    token: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    tenants: Tenants | None = None,
+) -> int | None:
+    """Store a token's digest; its id, or None when that digest is stored already."""
+    return await conn.fetchval(
         "INSERT INTO api_tokens (name, digest, prefix, scopes, expires_at, tenants) "
-        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) RETURNING id",
+        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb) ON CONFLICT (digest) DO NOTHING RETURNING id",
         name,
         digest(token),
         token[: len(PREFIX) + 6],
@@ -65,7 +83,6 @@ async def create_token(
         expires_at,
         json.dumps(tenants.to_json() if tenants is not None else {}),
     )
-    return token_id, token
 
 
 async def ensure_admin_token(conn: Connection, token: str, name: str) -> bool:
@@ -76,21 +93,13 @@ async def ensure_admin_token(conn: Connection, token: str, name: str) -> bool:
             f"an admin token must be {PREFIX!r} and at least 32 more characters, e.g. "
             f"{PREFIX}$(openssl rand -hex 24); got one of {len(token)} characters"
         )
-    created = await conn.fetchval(
-        "INSERT INTO api_tokens (name, digest, prefix, scopes) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (digest) DO NOTHING RETURNING id",
-        name,
-        digest(token),
-        token[: len(PREFIX) + 6],
-        ["admin"],
-    )
-    return created is not None
+    return await _insert(conn, name, token, ["admin"]) is not None
 
 
 async def usable(conn: Connection, token: str) -> bool:
     """Whether the API would take this token now (known, not revoked, not expired)."""
     info = await find_token(conn, digest(token))
-    return info is not None and not info.revoked and (info.expires_at is None or info.expires_at > datetime.now(UTC))
+    return info is not None and not info.revoked and not info.expired
 
 
 async def list_tokens(conn: Connection) -> list[dict]:

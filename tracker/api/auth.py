@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 
 from connexion.exceptions import ProblemException
+from starlette.requests import cookie_parser
 
 from tracker.api.limits import TokenLimits, retry_after
 from tracker.api.oidc import InvalidToken, OidcVerifier, looks_like_jwt
@@ -80,7 +80,7 @@ class Authenticator:
             info = await self._lookup(pool, token)
         # The same answer for an unknown, a revoked and an expired token: which of them it is
         # is for the token's owner to find in `tracker tokens list`, not for whoever holds it.
-        if info is None or info.revoked or (info.expires_at is not None and info.expires_at <= datetime.now(UTC)):
+        if info is None or info.revoked or info.expired:
             reason = "unknown" if info is None else "revoked" if info.revoked else "expired"
             self.refused(reason)
             raise _unauthorized("The bearer token is unknown, revoked or expired.", error="invalid_token")
@@ -157,7 +157,8 @@ class AuthMiddleware:
             # The web pages' sign-in cookie (tracker/web), so that their links to the JSON, Status
             # API and Payload Tracker views open in the same browser. Reads only: the cookie is
             # SameSite=Strict, and a write still needs the header, which no other site can set.
-            token = _cookie(scope, COOKIE)
+            cookie = next((v for k, v in scope["headers"] if k == b"cookie"), None)
+            token = cookie_parser(cookie.decode("latin-1")).get(COOKIE) if cookie else None
             if token:
                 return await self.authenticator.identify(scope["state"]["pool"], token, needed)
         if header is None:
@@ -169,16 +170,6 @@ class AuthMiddleware:
             self.authenticator.refused("malformed")
             raise _unauthorized("The Authorization header must be 'Bearer <token>'.", error="invalid_request")
         return await self.authenticator.identify(scope["state"]["pool"], token, needed)
-
-
-def _cookie(scope, name: str) -> str | None:
-    for key, value in scope["headers"]:
-        if key == b"cookie":
-            for part in value.decode("latin-1").split(";"):
-                k, _, v = part.strip().partition("=")
-                if k == name and v:
-                    return v
-    return None
 
 
 async def limited(limits: TokenLimits, authenticator: Authenticator, info: TokenInfo, app, scope, receive, send):

@@ -258,22 +258,16 @@ class WebPages:
     async def search_page(self, request: Request) -> Response:
         async def render(request: Request, tenants: Tenants | None) -> Response:
             criteria = self._criteria(request)
-            cursor = request.query_params.get("cursor") or None
-            try:
-                position = cursors.decode(cursor) if cursor else None
-            except cursors.BadCursor as exc:
-                raise PageError(400, "Bad link", str(exc)) from None
+            position = _position(request.query_params.get("cursor"))
             async with request.state.reads.acquire() as conn:
                 rows = await search.search_traces(
                     conn, **criteria, after=position, limit=PAGE_SIZE + 1, tenants=tenants
                 )
             shown = rows[:PAGE_SIZE]
-            more = None
-            if len(rows) > PAGE_SIZE:
-                last = shown[-1]
-                kept = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
-                more = "/?" + urlencode({**kept, "cursor": cursors.encode(last["created_at"], last["trace_id"])})
-            kept = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
+            more = (
+                self._next(request, shown[-1]["created_at"], shown[-1]["trace_id"]) if len(rows) > PAGE_SIZE else None
+            )
+            kept = _kept(request)
             return self._render(
                 request,
                 "search.html",
@@ -338,8 +332,8 @@ class WebPages:
     # --- events, now, rejected ---------------------------------------------------------------
 
     def _next(self, request: Request, ts: datetime, key) -> str:
-        kept = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
-        return request.url.path + "?" + urlencode({**kept, "cursor": cursors.encode(ts, key)})
+        """The link to the page after this one: the same filters, the cursor of its last row."""
+        return request.url.path + "?" + urlencode({**_kept(request), "cursor": cursors.encode(ts, key)})
 
     async def events_page(self, request: Request) -> Response:
         """The statuses across traces (GET /v1/events) with its filters."""
@@ -402,11 +396,7 @@ class WebPages:
             reason = query.get("reason") or None
             lookback = query.get("lookback") or (None if query.get("since") else "24h")
             since, until = params.window(query.get("since") or None, query.get("until") or None, lookback)
-            cursor = query.get("cursor")
-            try:
-                position = cursors.decode_numbered(cursor) if cursor else None
-            except cursors.BadCursor as exc:
-                raise PageError(400, "Bad link", str(exc)) from None
+            position = _position(query.get("cursor"), numbered=True)
             async with request.state.reads.acquire() as conn:
                 rows = await deadletters.list_dead_letters(
                     conn, reason=reason, since=since, until=until, after=position, limit=PAGE_SIZE + 1
@@ -509,11 +499,19 @@ def _timeline(trace: dict) -> list[dict]:
     return bars
 
 
-def _position(cursor: str | None):
+def _position(cursor: str | None, *, numbered: bool = False):
+    """Where a page's "More" link starts (the API's cursors); a made-up one is a 400 page."""
     try:
-        return cursors.decode(cursor) if cursor else None
+        if not cursor:
+            return None
+        return cursors.decode_numbered(cursor) if numbered else cursors.decode(cursor)
     except cursors.BadCursor as exc:
         raise PageError(400, "Bad link", str(exc)) from None
+
+
+def _kept(request: Request) -> dict[str, str]:
+    """The page's filters as given, without its cursor."""
+    return {k: v for k, v in request.query_params.items() if k != "cursor" and v}
 
 
 def _chart(counts: list[dict], since: datetime, now: datetime, width: timedelta) -> dict:
