@@ -642,3 +642,157 @@ def test_a_raw_control_character_in_an_identifier_is_refused(character):
     value = '{"trace_id": "t", "service": "a' + character + 'b", "status": "ok", "timestamp": "2024-05-01T12:00:00Z"}'
     result = parse_message(value.encode(), max_bytes=MAX)
     assert isinstance(result, Invalid) and "control character" in result.detail, result
+
+
+# The typed path (tracker/typed_events.py) against the full path.
+
+_IDS = {"TrackerEvent": "event_id", "PayloadTrackerMessage": None, "StatusApiEvent": "trace_event_id"}
+# Times in the forms producers send, and some parse_time refuses.
+_TIMES = [
+    "2024-05-01T12:00:00Z",
+    "2024-05-01 12:00:00.123456",
+    "2024-05-01T14:00:00+02:00",
+    "2024-05-01t12:00:00z",
+    "2024-05-01T23:59:60Z",
+    "2024-13-01T12:00:00Z",
+    "yesterday",
+]
+
+
+def _full_and_typed(value: bytes) -> tuple[Event | Invalid, Event | None]:
+    from tracker.events import _parse_dict, _typed_candidate, _typed_event
+
+    return _parse_dict(value, MAX), (_typed_event(value) if _typed_candidate(value) else None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.data(), schema=st.sampled_from(sorted(_VALID)))
+def test_whatever_the_typed_path_takes_it_turns_into_the_event_the_full_path_builds(data, schema):
+    """The typed path is the consumer's common case; the full path is the definition. On valid
+    events with an id or without, fields removed, set to nulls, to arbitrary JSON, to values at
+    the edges of the schema's limits, to times of every form, with unknown fields and legacy
+    names, sent compact or spaced, ASCII or not: whenever the typed path gives an Event, the
+    full path gives the same one (free-form fields compared by value: the typed path keeps the
+    producer's text)."""
+    from tracker.spec import spec
+
+    properties = spec()["components"]["schemas"][schema]["properties"]
+    doc: dict[str, Any] = dict(_VALID[schema])
+    id_field = _IDS[schema]
+    if id_field and data.draw(st.integers(0, 3)):
+        doc[id_field] = data.draw(st.sampled_from([str(uuid.UUID(int=5)), "id-1", "x" * 256, "x" * 257]))
+    if data.draw(st.integers(0, 3)) == 0:
+        for field in data.draw(st.lists(st.sampled_from(sorted(doc)), max_size=2)):
+            doc.pop(field, None)
+    for _ in range(data.draw(st.sampled_from([0, 1, 1, 1, 2, 3]))):
+        field = data.draw(st.sampled_from(sorted(properties) + ["unknown", "id", "handler", "status"]))
+        choices = _edges(properties.get(field, {})) + ["-1", "None", "null", "åø ok"]
+        if "time" in field or field in ("date", "timestamp"):
+            choices += _TIMES
+        kind = data.draw(st.integers(0, 4))
+        doc[field] = data.draw(
+            st.sampled_from(choices) if kind < 3 else _JSON | _ERRORS if kind == 3 else st.text(max_size=8)
+        )
+    separators = data.draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    value = json.dumps(doc, ensure_ascii=data.draw(st.booleans()), separators=separators).encode()
+    full, typed = _full_and_typed(value)
+    if typed is not None:
+        assert isinstance(full, Event), (value, full)
+        assert with_values(typed) == with_values(full), value
+
+
+def test_the_typed_path_agrees_with_the_full_path_on_every_single_field_edge():
+    """Exhaustive where the test above samples: each field of each format, with an id and
+    without, set to each value at the edges of its schema, to the placeholders, to times of
+    every form; the typed path must build the full path's Event whenever it takes one, and
+    must take a good share of them (else this proves nothing)."""
+    from tracker.spec import spec
+
+    taken = total = 0
+    for schema, valid in _VALID.items():
+        properties = spec()["components"]["schemas"][schema]["properties"]
+        id_field = _IDS[schema]
+        for with_id in (True, False):
+            base: dict[str, Any] = dict(valid)
+            if with_id and id_field:
+                base[id_field] = "e-1"
+            for field in sorted(properties):
+                for choice in [*_edges(properties[field]), "-1", "None", "null", "åø ok", "Ok", *_TIMES]:
+                    value = json.dumps({**base, field: choice}, ensure_ascii=False).encode()
+                    full, typed = _full_and_typed(value)
+                    total += 1
+                    if typed is not None:
+                        taken += 1
+                        assert isinstance(full, Event), (value, full)
+                        assert with_values(typed) == with_values(full), value
+    assert taken > total / 4, (taken, total)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {**_VALID["TrackerEvent"], "event_id": "e-1", "meta": {"a": 1}, "body": [1, {"b": None}], "errors": ["x"]},
+        {**_VALID["PayloadTrackerMessage"], "account": "0000001", "status_msg": "å ok", "source": "Inventory"},
+        {**_VALID["StatusApiEvent"], "trace_event_id": "e-2", "start_time": "2024-05-01T11:59:59Z", "status_body": {}},
+        {**_VALID["StatusApiEvent"], "trace_event_id": "e-3", "duration": 5, "trace_status": "finished", "user": None},
+    ],
+    ids=["tracker", "payload tracker", "status api", "status api with a null"],
+)
+def test_common_messages_of_each_format_take_the_typed_path(doc):
+    """The typed path is there for speed: it must take the messages producers send most (were
+    it never to take them, every test above would still pass)."""
+    full, typed = _full_and_typed(json.dumps(doc, ensure_ascii=False).encode())
+    assert typed is not None
+    assert with_values(typed) == with_values(full)
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (
+            b'{"trace_id": "t", "service": "s", "status": "ok", "timestamp": "2024-05-01T12:00:00Z", '
+            b'"event_id": "e", "body": {"k": "\xff"}}',
+            "not_utf8",
+        ),
+        (
+            b'{"trace_id": "t", "service": "s", "status": "ok", "timestamp": "2024-05-01T12:00:00Z", '
+            b'"event_id": "e", "meta": [1]}',
+            "wrong_type",
+        ),
+        (
+            b'{"trace_id": "null", "component": "c", "trace_event_status": "OK", "end_time": "2024-05-01T12:00:00Z", '
+            b'"trace_event_id": "e"}',
+            "invalid_value",
+        ),
+        (b'{"trace_id": "t", "component": "c", "trace_event_status": "OK", "trace_event_id": "e"}', "missing_field"),
+        (
+            b'{"request_id": "t", "service": "s", "status": "ok", "date": "2024-05-01T12:00:00Z", "x": "'
+            + b"[" * 40
+            + b'"}',
+            None,
+        ),
+    ],
+    ids=["bad UTF-8 in a body", "meta not an object", "placeholder trace id", "no time", "brackets in a string"],
+)
+def test_what_the_typed_path_cannot_judge_goes_to_the_full_path(value, reason):
+    """msgspec keeps a free-form field's text unread: its UTF-8 is checked by the candidate test,
+    or PostgreSQL would refuse the whole batch. The rest are the checks the builders add."""
+    result = parse_message(value, max_bytes=MAX)
+    if reason is None:
+        assert isinstance(result, Event), result
+    else:
+        assert isinstance(result, Invalid) and result.reason == reason, result
+
+
+def test_the_typed_schemas_refuse_keywords_they_cannot_express_exactly():
+    from tracker.typed_events import SchemaNotTyped, _type
+
+    for schema in (
+        {"type": "integer"},
+        {"type": "string", "pattern": "^[a-z]+$", "maxLength": 3},
+        {"type": "object", "properties": {"a": {}}},
+        {"oneOf": [{"type": "object"}, {"type": "number"}]},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    ):
+        with pytest.raises(SchemaNotTyped):
+            _type(schema, {"schemas": {}})

@@ -24,6 +24,8 @@ from tracker import times
 from tracker.schema_compiler import Invalid as SchemaInvalid
 from tracker.schema_compiler import compile_schema
 from tracker.spec import spec
+from tracker.typed_events import NOT_TYPED, SchemaNotTyped, TypedSchema, canonical_event_id, is_object
+from tracker.typed_events import text as typed_text
 
 # Namespace of derived event ids: uuid5(namespace, canonical JSON of the message).
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d5a52-3c1e-4f0e-9a51-1d8e3b1f2c77")
@@ -161,6 +163,7 @@ def prepare_validators() -> None:
     for schema_name in EVENT_SCHEMAS.values():
         fast_validator(schema_name)
         plain_text_validator(schema_name)
+        typed_schema(schema_name)
 
 
 def _plain_text(value: bytes, backslash: int | None = None) -> bool:
@@ -183,9 +186,22 @@ def status_api_legacy_names() -> dict[str, str]:
 
 
 def parse_message(value: bytes | None, *, max_bytes: int) -> Event | Invalid:
-    """Kafka message value -> Event, or Invalid with a reason and a sentence."""
+    """Kafka message value -> Event, or Invalid with a reason and a sentence.
+
+    Most messages take the typed path (tracker/typed_events.py: one pass of msgspec, no dict);
+    whatever it does not take, the full path below judges, and only the full path says why a
+    message is invalid."""
     if value is None:
         return Invalid("null_value", "the message has no value (null); an event is a JSON object")
+    if len(value) <= max_bytes and _typed_candidate(value):
+        event = _typed_event(value)
+        if event is not None:
+            return event
+    return _parse_dict(value, max_bytes)
+
+
+def _parse_dict(value: bytes, max_bytes: int) -> Event | Invalid:
+    """The full path: the message as a dict, validated by the compiled schema, then normalised."""
     try:
         doc, backslash = _decode(value, max_bytes)
         fmt = detect_format(doc)
@@ -614,5 +630,176 @@ def _from_status_api(doc: dict) -> Event:
             _json(get("meta")),
             _json(get("status_body")),  # meta, body
             "status_api",  # format
+        ),
+    )
+
+
+# The typed path (tracker/typed_events.py): parse_message's common case.
+
+TRACE_ID_PLACEHOLDERS = frozenset({"-1", "None", "null"})  # what TraceIdValue's pattern refuses
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE_BYTES)
+
+
+@cache
+def typed_schema(schema_name: str) -> TypedSchema:
+    typed = TypedSchema(schema_name)
+    if schema_name == "PayloadTrackerMessage" and not typed.flat:
+        # Its messages carry no id: _typed_payload_tracker derives it from the struct's JSON.
+        raise SchemaNotTyped(f"{schema_name} is no longer all strings; derive its ids from the dict")
+    return typed
+
+
+def _typed_candidate(value: bytes) -> bool:
+    """Can the typed path judge this message exactly? Not when it has an escape anywhere or a
+    control character (_plain_text: then no string can hold a quote, a backslash or a control
+    character, the identifier patterns have nothing to refuse, and a flat message's strings
+    encode to their own bytes); not when it is not UTF-8 (msgspec does not check the text of
+    the free-form fields it keeps as sent); not when it may nest too deep (more brackets than
+    MAX_DEPTH, as _decode counts them)."""
+    if not _plain_text(value):
+        return False
+    if not value.isascii():
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            return False
+    return not (
+        (value.find(b"{", 1) >= 0 or value.find(b"[") >= 0) and value.count(b"[") + value.count(b"{") > MAX_DEPTH
+    )
+
+
+def _typed_event(value: bytes) -> Event | None:
+    """The Event, or None: the full path decides. The format by the names in the message's
+    bytes, as detect_format does by its keys: a plain message's strings hold no quote, so
+    '"service"' is either that key or a value "service" (then the struct finds the key
+    missing, or unknown, and refuses)."""
+    try:
+        if value.find(b'"service"') < 0:
+            return _typed_status_api(typed_schema("StatusApiEvent").decode(value))
+        if value.find(b'"trace_id"') < 0:
+            return _typed_payload_tracker(typed_schema("PayloadTrackerMessage").decode(value))
+        return _typed_tracker(typed_schema("TrackerEvent").decode(value))
+    except (*NOT_TYPED, ValueError, OverflowError):  # ValueError, OverflowError: a time
+        return None
+
+
+# Each builds the same Event as _from_tracker, _from_payload_tracker and _from_status_api do
+# from the dict (tests/test_events.py compares them on generated messages), from the struct.
+
+
+def _typed_tracker(m: Any) -> Event | None:
+    if m.event_id is None or m.trace_id in TRACE_ID_PLACEHOLDERS or not is_object(m.meta):
+        return None  # no id: derived from the whole message, which the full path has
+    status = _LOWERED[m.status]
+    return _new_event(
+        Event,
+        (
+            m.event_id,
+            m.trace_id,
+            _LOWERED[m.service],
+            status,
+            status in ERROR_STATUSES,
+            times.parse_time(m.timestamp),
+            m.trace_status.upper() if m.trace_status else None,
+            None if m.start_time is None else times.parse_time(m.start_time),
+            None if m.end_time is None else times.parse_time(m.end_time),
+            m.duration_ms,
+            _lower(m.source),
+            m.account,
+            m.org_id,
+            m.inventory_id,
+            m.system_id,
+            m.domain,
+            m.domain_id,
+            m.user,
+            m.operation,
+            m.path,
+            m.message,
+            _error_messages(m.errors),
+            m.exception,
+            typed_text(m.meta),
+            typed_text(m.body),
+            "tracker",
+        ),
+    )
+
+
+def _typed_payload_tracker(m: Any) -> Event | None:
+    if m.request_id in TRACE_ID_PLACEHOLDERS:
+        return None
+    status = _LOWERED[m.status]
+    return _new_event(
+        Event,
+        (
+            canonical_event_id(m, _NAMESPACE_SHA1),  # a flat schema: its struct is its canonical JSON
+            m.request_id,
+            _LOWERED[m.service],
+            status,
+            status in ERROR_STATUSES,
+            times.parse_time(m.date),
+            None,
+            None,
+            None,
+            None,
+            _lower(m.source),
+            m.account,
+            m.org_id,
+            m.inventory_id,
+            m.system_id,
+            None,
+            None,
+            None,
+            None,
+            None,
+            m.status_msg,
+            (),
+            None,
+            None,
+            None,
+            "payload_tracker",
+        ),
+    )
+
+
+def _typed_status_api(m: Any) -> Event | None:
+    if m.trace_event_id is None or m.trace_id in TRACE_ID_PLACEHOLDERS or not is_object(m.meta):
+        return None
+    start = None if m.start_time is None else times.parse_time(m.start_time)
+    end = None if m.end_time is None else times.parse_time(m.end_time)
+    if start is None and end is None:
+        return None  # missing_field: the full path says so
+    duration = m.duration
+    if duration is None and start is not None and end is not None:
+        duration = (end - start).total_seconds() * 1000
+    status = "error" if m.trace_event_status.upper() == "FAILED" else "success"
+    return _new_event(
+        Event,
+        (
+            m.trace_event_id,
+            m.trace_id,
+            _LOWERED[m.component],
+            status,
+            status in ERROR_STATUSES,
+            end or start,
+            m.trace_status.upper() if m.trace_status else None,
+            start,
+            end,
+            duration,
+            None,
+            None,
+            None,
+            None,
+            None,
+            m.domain,
+            m.domain_id,
+            m.user,
+            m.operation,
+            m.s3_path,
+            None,
+            _error_messages(m.errors),
+            m.exception,
+            typed_text(m.meta),
+            typed_text(m.status_body),
+            "status_api",
         ),
     )
