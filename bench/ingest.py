@@ -101,20 +101,21 @@ async def create_offsets_topic(bootstrap: str, topic: str, group: str) -> None:
 
 
 async def consumer_progress(session: aiohttp.ClientSession, metrics_url: str) -> tuple[int, float]:
-    """(messages handled, unix time of the last offset commit) from the consumer's /metrics
-    (of all its processes, when TRACKER_CONSUMER_PROCESSES runs several)."""
+    """(messages handled, unix time of the last batch's database commit) from the consumer's
+    /metrics (of all its processes, when TRACKER_CONSUMER_PROCESSES runs several). Not the
+    offset commit's: offsets go to Kafka up to TRACKER_COMMIT_INTERVAL_MS later."""
     try:
         async with session.get(metrics_url) as response:
             text = await response.text()
     except (aiohttp.ClientError, OSError):
         return 0, 0.0
-    count, last_commit = 0, 0.0
+    count, last_stored = 0, 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "tracker_consumer_messages":
             count = int(sum(s.value for s in family.samples if s.name.endswith("_total")))
-        elif family.name == "tracker_consumer_last_commit_timestamp_seconds":
-            last_commit = max(s.value for s in family.samples)
-    return count, last_commit
+        elif family.name == "tracker_consumer_last_stored_timestamp_seconds":
+            last_stored = max(s.value for s in family.samples)
+    return count, last_stored
 
 
 def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
@@ -129,8 +130,8 @@ def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
 
 
 async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[float, subprocess.Popen, int]:
-    """Seconds from the consumer's start to the commit of its last batch: the end is the
-    consumer's own last-commit time, so polling /metrics gently (each scrape costs the consumer
+    """Seconds from the consumer's start to the database commit of its last batch: the end is
+    the consumer's own time of it, so polling /metrics gently (each scrape costs the consumer
     CPU) costs no precision."""
     metrics_url = f"http://{settings.consumer_host}:{settings.consumer_port}/metrics"
     started = time.time()
@@ -138,9 +139,9 @@ async def time_consumer(settings: Settings, n: int, log_path: Path) -> tuple[flo
     memory = MemorySampler(proc.pid)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while True:
-            count, last_commit = await consumer_progress(session, metrics_url)
+            count, last_stored = await consumer_progress(session, metrics_url)
             if count >= n:
-                return last_commit - started, proc, memory.stop()
+                return last_stored - started, proc, memory.stop()
             if proc.poll() is not None:
                 raise SystemExit(f"the consumer exited with {proc.returncode}; see {log_path}")
             await asyncio.sleep(1)

@@ -203,6 +203,13 @@ class ConsumerMetrics:
         self.last_commit = Gauge(
             "tracker_consumer_last_commit_timestamp_seconds", "Unix time of the last offset commit.", registry=r
         )
+        # Offsets are committed to Kafka up to TRACKER_COMMIT_INTERVAL_MS after the batch: this
+        # is when the events became queryable.
+        self.last_stored = Gauge(
+            "tracker_consumer_last_stored_timestamp_seconds",
+            "Unix time of the last batch's database commit.",
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "tracker_consumer_assigned_partitions", "Partitions currently assigned to this consumer.", registry=r
         )

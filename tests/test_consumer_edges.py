@@ -352,6 +352,59 @@ async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, 
         await pool.close()
 
 
+async def test_offsets_are_committed_once_per_interval_and_what_a_quiet_spell_leaves_is_committed_too(
+    settings, db, kafka_bootstrap
+):
+    """Offsets go to Kafka at most once per TRACKER_COMMIT_INTERVAL_MS per writer, however many
+    batches are stored meanwhile; the offsets of the last batches before the topic goes quiet
+    are committed once due, without a stop or another message."""
+    settings = dataclasses.replace(settings, commit_interval_ms=1000, consumer_writers=1)
+    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=3)
+    consumer = AIOKafkaConsumer(
+        settings.topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await consumer.start()
+    await producer.start()
+    commit = consumer.commit
+    started: list[float] = []
+
+    async def counted_commit(offsets):
+        started.append(time.monotonic())
+        await commit(offsets)
+
+    consumer.commit = counted_commit
+    stop = asyncio.Event()
+    metrics = ConsumerMetrics()
+    sink = Sink(settings, consumer, producer, pool, metrics, stop, dead_letter_limit=1 << 20)
+    running = asyncio.create_task(sink.run())
+    try:
+        now = datetime.now(UTC)
+        # Ten waves 0.2 s apart: each is a batch of its own (the writer is idle when it comes).
+        for wave in range(10):
+            messages = [(b"q", encode(payload_tracker("q", "svc", f"s{wave}-{i}", now))) for i in range(3)]
+            await produce(kafka_bootstrap, settings.topic, messages)
+            await asyncio.sleep(0.2)
+        await wait_stored(db, 30, timeout=30)
+        batches = metrics.registry.get_sample_value("tracker_consumer_batches_total") or 0
+        # No stop, no new message: the flusher commits the rest once due.
+        await wait_all_committed(kafka_bootstrap, settings.topic, settings.consumer_group, timeout=5)
+        assert batches >= 5, f"the waves came as {batches} batch(es): the test proves nothing"
+        assert len(started) < batches, (started, batches)
+        gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+        assert all(gap >= 0.95 for gap in gaps), gaps
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
+
+
 async def test_a_late_event_that_meets_its_partition_being_created_is_stored_there_on_retry(
     settings, launch, db, kafka_bootstrap
 ):

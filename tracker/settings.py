@@ -37,6 +37,11 @@ ENVIRONMENT: dict[str, tuple[str, str | None]] = {
     "session_timeout_ms": ("TRACKER_KAFKA_SESSION_TIMEOUT_MS", "10000"),
     "batch_max_records": ("TRACKER_BATCH_MAX_RECORDS", "5000"),
     "batch_timeout_ms": ("TRACKER_BATCH_TIMEOUT_MS", "100"),
+    # How long the broker may hold a fetch to gather FETCH_MIN_BYTES (consumer/service.py), and
+    # how often a writer's stored offsets are committed to Kafka (consumer/sink.py).
+    "fetch_max_wait_ms": ("TRACKER_FETCH_MAX_WAIT_MS", "10"),
+    "fetch_min_bytes": ("TRACKER_FETCH_MIN_BYTES", str(64 * 1024)),
+    "commit_interval_ms": ("TRACKER_COMMIT_INTERVAL_MS", "1000"),
     "max_message_bytes": ("TRACKER_MAX_MESSAGE_BYTES", str(1024 * 1024)),
     "retry_max_seconds": ("TRACKER_RETRY_MAX_SECONDS", "30"),
     "dlq_max_ratio": ("TRACKER_DLQ_MAX_RATIO", "0"),
@@ -125,6 +130,9 @@ class Settings:
     session_timeout_ms: int
     batch_max_records: int
     batch_timeout_ms: int
+    fetch_max_wait_ms: int
+    fetch_min_bytes: int
+    commit_interval_ms: int
     max_message_bytes: int
     retry_max_seconds: int
     dlq_max_ratio: float
