@@ -304,13 +304,9 @@ async def test_a_consumer_of_a_topic_that_does_not_exist_says_which_and_exits(se
     assert f"{settings.topic} do not exist" in consumer.log() and "tracker topics" in consumer.log(), consumer.log()
 
 
-async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, kafka_bootstrap):
-    """A writer's offset commit runs while it writes its next batch (consumer/sink.py); a stop
-    must still end with every stored batch committed. The broker is made slow to commit (each
-    commit waits a second before it is sent), so the stop comes while the last one is on its way."""
-    now = datetime.now(UTC)
-    messages = [(f"c-{i % 3}".encode(), encode(payload_tracker(f"c-{i % 3}", "svc", f"s{i}", now))) for i in range(30)]
-    await produce(kafka_bootstrap, settings.topic, messages)
+async def sink_parts(settings, kafka_bootstrap: str, before_commit):
+    """A writers' pool, a started consumer whose offset commits first await
+    ``before_commit(offsets)``, and a started producer: what a Sink is built from."""
     pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=4)
     consumer = AIOKafkaConsumer(
         settings.topic,
@@ -323,14 +319,29 @@ async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, 
     await consumer.start()
     await producer.start()
     commit = consumer.commit
-    started = []
 
-    async def slow_commit(offsets):
-        started.append(time.monotonic())
-        await asyncio.sleep(1)
+    async def watched_commit(offsets):
+        await before_commit(offsets)
         await commit(offsets)
 
-    consumer.commit = slow_commit
+    consumer.commit = watched_commit
+    return pool, consumer, producer
+
+
+async def test_a_stop_waits_for_the_offset_commit_still_in_flight(settings, db, kafka_bootstrap):
+    """A writer's offset commit runs while it writes its next batch (consumer/sink.py); a stop
+    must still end with every stored batch committed. The broker is made slow to commit (each
+    commit waits a second before it is sent), so the stop comes while the last one is on its way."""
+    now = datetime.now(UTC)
+    messages = [(f"c-{i % 3}".encode(), encode(payload_tracker(f"c-{i % 3}", "svc", f"s{i}", now))) for i in range(30)]
+    await produce(kafka_bootstrap, settings.topic, messages)
+    started = []
+
+    async def slowly(offsets):
+        started.append(time.monotonic())
+        await asyncio.sleep(1)
+
+    pool, consumer, producer = await sink_parts(settings, kafka_bootstrap, slowly)
     stop = asyncio.Event()
     sink = Sink(settings, consumer, producer, pool, ConsumerMetrics(), stop, dead_letter_limit=1 << 20)
     running = asyncio.create_task(sink.run())
@@ -359,25 +370,12 @@ async def test_offsets_are_committed_once_per_interval_and_what_a_quiet_spell_le
     batches are stored meanwhile; the offsets of the last batches before the topic goes quiet
     are committed once due, without a stop or another message."""
     settings = dataclasses.replace(settings, commit_interval_ms=1000, consumer_writers=1)
-    pool = await create_pool(settings, init=_init_connection, min_size=1, max_size=3)
-    consumer = AIOKafkaConsumer(
-        settings.topic,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await consumer.start()
-    await producer.start()
-    commit = consumer.commit
     started: list[float] = []
 
-    async def counted_commit(offsets):
+    async def counted(offsets):
         started.append(time.monotonic())
-        await commit(offsets)
 
-    consumer.commit = counted_commit
+    pool, consumer, producer = await sink_parts(settings, kafka_bootstrap, counted)
     stop = asyncio.Event()
     metrics = ConsumerMetrics()
     sink = Sink(settings, consumer, producer, pool, metrics, stop, dead_letter_limit=1 << 20)
