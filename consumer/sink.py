@@ -314,9 +314,9 @@ class Sink:
         self.commits[writer] = asyncio.create_task(self._commit(offsets))
 
     def _commit_when_due(self, writer: int) -> None:
-        """After a batch is stored: commit the writer's offsets if none of its commits is in
-        flight and the last one started a commit interval ago or more; otherwise they wait for a
-        later batch, or for the flusher once due. A commit that failed is raised here.
+        """After a batch is stored: its offsets are pending; the writer's flusher commits them
+        once no commit of the writer's is in flight and the last one started a commit interval
+        ago or more. A commit that failed is raised here (the writer's next batch).
 
         Why not every batch: at a steady 2,000 events/s that was a few hundred commits a
         second, each a request the broker writes to its offsets topic, for nothing the database
@@ -326,16 +326,15 @@ class Sink:
         if task is not None and task.done():
             self.commits[writer] = None
             task.result()
-        if self.commits[writer] is None and time.monotonic() >= self.commit_started[writer] + self.commit_interval:
-            self._start_commit(writer)
-        else:
-            flusher = self.flushers[writer]
-            if flusher is None or flusher.done():
-                self.flushers[writer] = asyncio.create_task(self._flush_when_due(writer))
+        flusher = self.flushers[writer]
+        if flusher is None or flusher.done():
+            self.flushers[writer] = asyncio.create_task(self._flush_when_due(writer))
 
     async def _flush_when_due(self, writer: int) -> None:
-        """Commit what the writer left pending once due, if no batch has done so meanwhile:
-        the last offsets before the topic goes quiet would otherwise wait for the next message."""
+        """Commit what the writer has pending, once due, until nothing is: the offsets of the
+        last batches before the topic goes quiet are committed too, without another message.
+        No await between the last look at ``pending`` and the return: a batch stored later
+        finds this task done and starts another."""
         while self.pending[writer]:
             task = self.commits[writer]
             if task is not None and not task.done():
