@@ -22,7 +22,7 @@ import asyncpg
 from bench.common import dataset, fresh_database, services, valid_events
 from consumer.store import CREATE_STAGING, write_batch
 from tracker.db import init_connection
-from tracker.events import EVENT_COLUMNS, Event
+from tracker.events import EVENT_COLUMNS, Event, copy_records
 
 _COLS = ", ".join(EVENT_COLUMNS)
 EXECUTEMANY = (
@@ -68,7 +68,7 @@ async def unnest(conn, events):
 
 async def copy(conn, events):
     async with conn.transaction():
-        await conn.copy_records_to_table("staging_events", records=events, columns=EVENT_COLUMNS)
+        await conn.copy_records_to_table("staging_events", records=copy_records(events), columns=EVENT_COLUMNS)
         await conn.execute(
             f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events ON CONFLICT (event_id, ts) DO NOTHING"
         )

@@ -46,7 +46,7 @@ import orjson
 
 from consumer.deadletter import DeadLetter, record_dead_letters
 from tracker.db import Connection, PartitionAttached, use_fast_timestamps
-from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event
+from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event, copy_records
 
 _COLS = ", ".join(EVENT_COLUMNS)
 
@@ -472,15 +472,15 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 
 async def _insert_events(conn: Connection, events: list[Event], exact: bool) -> list[Event]:
-    """Store the events; returns those that were new. An Event is its own COPY record.
+    """Store the events; returns those that were new.
 
     Not ``exact``: one COPY into the table, which raises UniqueViolationError (and aborts the
     transaction) if a key is stored already. ``exact``: through the staging table, keeping
     only the new ones — the path of a redelivery."""
     if not exact:
-        await conn.copy_records_to_table("events", records=events, columns=EVENT_COLUMNS)
+        await conn.copy_records_to_table("events", records=copy_records(events), columns=EVENT_COLUMNS)
         return events
-    await conn.copy_records_to_table("staging_events", records=events, columns=EVENT_COLUMNS)
+    await conn.copy_records_to_table("staging_events", records=copy_records(events), columns=EVENT_COLUMNS)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
     return [e for e in events if (e.event_id, e.timestamp) in new]
 
