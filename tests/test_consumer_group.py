@@ -11,8 +11,10 @@ import os
 import time
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.group import merge_expositions
 from tests.helpers.ingest import assert_exactly_once, produce, valid_events, wait_stored, workload
 
 
@@ -106,3 +108,46 @@ async def test_a_consumer_process_that_dies_ends_the_group_with_an_error(setting
     assert group.proc.returncode != 0
     assert not _running(members[1]), "the other process outlived the group"
     assert "consumer process 0" in group.log() and "exited" in group.log()
+
+
+def _member_text(index: int) -> str:
+    """One member's /metrics as generate_latest writes it: a labelled counter (with its _created
+    samples), a gauge without labels, a labelled histogram, a family with no sample yet, and
+    label values holding what the text format escapes or what could be mistaken for syntax."""
+    registry = CollectorRegistry()
+    counter = Counter("tracker_demo_messages", "Messages.", ["result"], registry=registry)
+    counter.labels("stored").inc(10 + index)
+    counter.labels('odd "value" {x} a,b\\c\nd').inc(2)
+    Gauge("tracker_demo_lag_messages", "Lag.", registry=registry).set(7 * index)
+    histogram = Histogram("tracker_demo_write_seconds", "Writes.", ["kind"], buckets=(0.1, 1), registry=registry)
+    histogram.labels("copy").observe(0.05 * (index + 1))
+    Counter("tracker_demo_unused", "Nothing yet.", ["service"], registry=registry)
+    return generate_latest(registry).decode()
+
+
+def test_the_parents_metrics_are_every_members_samples_each_labelled_by_process():
+    texts = [(0, _member_text(0)), (1, _member_text(1))]
+    merged = merge_expositions(texts)
+
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    expected = {
+        (s.name, tuple(sorted({**s.labels, "process": str(index)}.items())), s.value)
+        for index, text in texts
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    got = {(s.name, tuple(sorted(s.labels.items())), s.value) for f in families.values() for s in f.samples}
+    assert got == expected and len(expected) > 10
+    assert {name: f.type for name, f in families.items()} == {
+        "tracker_demo_messages": "counter",
+        "tracker_demo_messages_created": "gauge",  # the classic text format's own families
+        "tracker_demo_lag_messages": "gauge",
+        "tracker_demo_write_seconds": "histogram",
+        "tracker_demo_write_seconds_created": "gauge",
+        "tracker_demo_unused": "counter",
+    }
+    # Each family's HELP and TYPE once, its samples together (the text format requires both; a
+    # family split in two would parse as two of one name, and the dict above would keep one).
+    assert (
+        merged.count("# HELP tracker_demo_messages_total ") == merged.count("# TYPE tracker_demo_messages_total ") == 1
+    )
