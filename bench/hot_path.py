@@ -27,7 +27,7 @@ from bench.common import dataset, fresh_database, services, valid_events
 from bench.ingest import _cpu_ticks
 from consumer.store import prepare_connection, write_batch
 from tracker.db import init_connection
-from tracker.events import EVENT_COLUMNS, Event, copy_records, parse_message
+from tracker.events import Event, copy_rows, parse_message
 
 MAX_BYTES = 1 << 20
 
@@ -54,9 +54,8 @@ async def write_cpu(admin_url: str, events: list[Event], batch: int, rounds: int
     async def copy(conn):
         for i in range(0, len(events), batch):
             async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "events", records=copy_records(events[i : i + batch]), columns=EVENT_COLUMNS
-                )
+                columns, records = copy_rows(events[i : i + batch])
+                await conn.copy_records_to_table("events", records=records, columns=columns)
 
     hz = os.sysconf("SC_CLK_TCK")
     best: dict[str, tuple[float, float]] = {}

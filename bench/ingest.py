@@ -53,7 +53,7 @@ from bench.common import dataset, fresh_database, rss_peak_bytes, services, vali
 from tracker.db import init_connection
 from tracker.devservices.ports import free_port
 from tracker.devservices.postgres import drop_database
-from tracker.events import EVENT_COLUMNS, Event, copy_records
+from tracker.events import EVENT_COLUMNS, Event, copy_rows
 from tracker.settings import Settings
 from tracker.topics import ensure_topics
 
@@ -152,9 +152,10 @@ async def ceiling_copy(admin_url: str, events: list[Event]) -> tuple[float, str]
     url = await fresh_database(admin_url, prefix="bench_copy")
     conn = await asyncpg.connect(url)
     await init_connection(conn)
-    records = list(copy_records(events))  # as the consumer sends them, converted before the clock
+    columns, rows = copy_rows(events)
+    records = list(rows)  # as the consumer sends them, converted before the clock
     started = time.perf_counter()
-    await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
+    await conn.copy_records_to_table("events", records=records, columns=columns)
     elapsed = time.perf_counter() - started
     await conn.close()
     return elapsed, url

@@ -22,7 +22,7 @@ import asyncpg
 from bench.common import dataset, fresh_database, services, valid_events
 from consumer.store import CREATE_STAGING, write_batch
 from tracker.db import init_connection
-from tracker.events import EVENT_COLUMNS, Event, copy_records
+from tracker.events import EVENT_COLUMNS, Event, copy_rows
 
 _COLS = ", ".join(EVENT_COLUMNS)
 EXECUTEMANY = (
@@ -68,7 +68,8 @@ async def unnest(conn, events):
 
 async def copy(conn, events):
     async with conn.transaction():
-        await conn.copy_records_to_table("staging_events", records=copy_records(events), columns=EVENT_COLUMNS)
+        columns, records = copy_rows(events)
+        await conn.copy_records_to_table("staging_events", records=records, columns=columns)
         await conn.execute(
             f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events ON CONFLICT (event_id, ts) DO NOTHING"
         )

@@ -46,7 +46,7 @@ import orjson
 
 from consumer.deadletter import DeadLetter, record_dead_letters
 from tracker.db import Connection, PartitionAttached, use_fast_timestamps
-from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event, copy_records
+from tracker.events import EVENT_COLUMNS, TRACE_ATTRIBUTES, Event, copy_rows
 
 _COLS = ", ".join(EVENT_COLUMNS)
 
@@ -478,9 +478,11 @@ async def _insert_events(conn: Connection, events: list[Event], exact: bool) -> 
     transaction) if a key is stored already. ``exact``: through the staging table, keeping
     only the new ones — the path of a redelivery."""
     if not exact:
-        await conn.copy_records_to_table("events", records=copy_records(events), columns=EVENT_COLUMNS)
+        columns, records = copy_rows(events)
+        await conn.copy_records_to_table("events", records=records, columns=columns)
         return events
-    await conn.copy_records_to_table("staging_events", records=copy_records(events), columns=EVENT_COLUMNS)
+    columns, records = copy_rows(events)
+    await conn.copy_records_to_table("staging_events", records=records, columns=columns)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
     return [e for e in events if (e.event_id, e.timestamp) in new]
 

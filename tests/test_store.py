@@ -84,6 +84,11 @@ async def test_both_formats_land_in_one_trace(db):
     assert traces["mixed"]["done"] and traces["mixed"]["status"] == "failed"
     assert set(s for _, s in services) == {"ingress", "copy", "publish"}
     assert await db.fetchval("SELECT errors FROM events WHERE service = 'publish'") == ["no space"]
+    assert await db.fetchval("SELECT errors FROM events WHERE service = 'copy'") == []
+    # A batch in which no event lists errors leaves the column out of its COPY (copy_rows):
+    # the default gives the same empty list.
+    await write_batch(db, events_of([payload_tracker("mixed", "egress", "received", BASE + timedelta(seconds=6))]))
+    assert await db.fetchval("SELECT errors FROM events WHERE service = 'egress'") == []
 
 
 async def test_status_api_steps_count_from_their_start_time(db):
