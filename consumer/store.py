@@ -477,11 +477,10 @@ async def _insert_events(conn: Connection, events: list[Event], exact: bool) -> 
     Not ``exact``: one COPY into the table, which raises UniqueViolationError (and aborts the
     transaction) if a key is stored already. ``exact``: through the staging table, keeping
     only the new ones — the path of a redelivery."""
+    columns, records = copy_rows(events)
     if not exact:
-        columns, records = copy_rows(events)
         await conn.copy_records_to_table("events", records=records, columns=columns)
         return events
-    columns, records = copy_rows(events)
     await conn.copy_records_to_table("staging_events", records=records, columns=columns)
     new = {(r["event_id"], r["ts"]) for r in await conn.fetch(INSERT_NEW)}
     return [e for e in events if (e.event_id, e.timestamp) in new]
